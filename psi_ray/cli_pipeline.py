@@ -1,0 +1,91 @@
+"""CLI verbs that drive the PSI pipeline: ``run``, ``principles``, ``show-prompt``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from psi_ray.errors import PsiRayError
+
+
+def cmd_run(args) -> int:
+    """Run (or resume) a generation job: seeds → principles → instances → filtered Parquet dataset."""
+    from psi_ray import pipeline
+    from psi_ray.config import load_config
+
+    cfg = load_config(args.config, {"method": args.method, "run_id": args.run_id, "runs_dir": args.runs_dir})
+    run_dir = pipeline.run(cfg)
+    manifest = json.loads((run_dir / "07_dataset" / "manifest.json").read_text())
+    print(f"\ndataset: {manifest['dataset']} ({manifest['valid']} valid instances)")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_principles(args) -> int:
+    """Print a run's principle tree: low-level principles by cluster, under each high-level one."""
+    from psi_ray.rundir import StageDir
+
+    run_dir = Path(args.run_dir)
+    low, high = StageDir(run_dir, 3, "cluster"), StageDir(run_dir, 4, "summarize")
+    if not high.manifest():
+        raise PsiRayError(f"{run_dir}: no finished summarize stage (04_summarize/manifest.json); "
+                          "only psi runs have principles")
+    members = low.read()
+    for h in sorted(high.read(), key=lambda x: x["principle_id"]):
+        print(f"{h['principle_id']}  {h['text']}")
+        for m in members:
+            if m["cluster_id"] == h["cluster_id"]:
+                print(f"    {m['principle_id']}  {m['text']}")
+        print()
+    return 0
+
+
+def cmd_show_prompt(args) -> int:
+    """Render one stage's prompt on the built-in seeds so a person can read it."""
+    from psi_ray import prompts
+    from psi_ray.config import JobConfig
+    from psi_ray.stages import expand, instances, principles, seeds
+    from psi_ray.tasks import get_adapter
+
+    cfg = JobConfig(task={"adapter": args.task, "seeds": args.seeds} if args.seeds else {"adapter": args.task})
+    adapter = get_adapter(cfg.task.adapter)
+    rows = seeds.load(cfg)
+    demo_principles = [{"principle_id": "H00", "text": "(high-level principle 1)"},
+                       {"principle_id": "H01", "text": "(high-level principle 2)"}]
+    if args.stage == "expand":
+        msgs = expand.build_prompts(rows, adapter, 1)[0]["prompt"]
+    elif args.stage == "principles":
+        pool = expand.d_initial(rows, [])
+        msgs = principles.build_prompts(pool, adapter, 1, min(4, len(rows)), 0)[0]["prompt"]
+    elif args.stage == "summarize":
+        msgs = prompts.chat("summarize", task=adapter, principles=["(low-level principle a)", "(low-level principle b)"])
+    elif args.stage == "instances":
+        msgs = instances.plan(1, 1, 0, demo_principles, rows, 2, 2, adapter)[0]["prompt"]
+    else:
+        raise PsiRayError(f"unknown stage '{args.stage}'; choose one of: {', '.join(prompts.STAGES)}")
+    for m in msgs:
+        print(f"=== {m['role']}\n{m['content']}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run or resume a generation job", description=cmd_run.__doc__)
+    p.add_argument("config", metavar="JOB.yaml", help="job file, e.g. jobs/gsm8k_cpu.yaml")
+    p.add_argument("--method", choices=["psi", "teacher", "student"], default=None,
+                   help="psi (default in the job), teacher (M_L writes all) or student (M_g, no principles)")
+    p.add_argument("--run-id", default=None, help="run folder name (default: <name>-<method>)")
+    p.add_argument("--runs-dir", default=None, help="where run folders go (default: the job's runs_dir)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("principles", help="print a run's principle tree", description=cmd_principles.__doc__)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_principles)
+
+    p = sub.add_parser("show-prompt", help="render a stage's prompt", description=cmd_show_prompt.__doc__)
+    p.add_argument("stage", metavar="STAGE", help="expand, principles, summarize or instances")
+    p.add_argument("--task", default="gsm8k", help="task adapter (default gsm8k)")
+    p.add_argument("--seeds", default=None, help="seed file (default: the built-in GSM8K seeds)")
+    p.set_defaults(func=cmd_show_prompt)
+
+
+REGISTER = [register]

@@ -1,0 +1,187 @@
+"""One pydantic tree for a psi-ray job, loaded from YAML and validated at the CLI edge.
+
+``psi-ray validate FILE`` reports every error at once, each with its field path. Relative paths in a job
+file are resolved against the file's folder; ``builtin:NAME`` names data shipped inside the package.
+Defaults that the PSI paper does not fix are ours and say so in their description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from psi_ray.errors import PsiRayError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sampling(Strict):
+    """Sampling knobs for one model-facing stage (mirrors ``psi_ray.backends.SamplingParams``)."""
+
+    temperature: float = Field(0.7, ge=0, description="0 = greedy")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1, description="new tokens per completion")
+    stop: list[str] = Field(default_factory=list)
+
+    def params(self, seed: int | None = None):
+        from psi_ray.backends.base import SamplingParams
+
+        return SamplingParams(self.temperature, self.top_p, self.max_tokens, 1, seed, tuple(self.stop))
+
+
+class ModelSpec(Strict):
+    """One model tier: which model, which engine, and where Ray places it."""
+
+    model: str = Field("smollm2-135m", description="built-in name, local HF folder, hub id, or served name")
+    backend: Literal["vllm", "hf", "openai"] = Field("vllm", description="generation engine")
+    options: dict = Field(
+        default_factory=dict,
+        description="engine options (vllm: max_model_len, ...; hf: batch_size; openai: base_url, api_key_env)",
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="extra Ray resources the engine actor asks for, e.g. {ml_tier: 1} to pin it to a node group",
+    )
+    num_cpus: float = Field(0.5, ge=0, description="CPUs the engine actor reserves from Ray")
+    num_gpus: float = Field(0, ge=0, description="GPUs the engine actor reserves from Ray")
+    replicas: int = Field(1, ge=1, description="engine actors for this tier")
+    batch_size: int = Field(64, ge=1, description="prompts handed to the engine at once")
+
+
+class TaskSpec(Strict):
+    adapter: Literal["gsm8k", "mmlu", "generic"] = "gsm8k"
+    seeds: str = Field("builtin:gsm8k_seeds.jsonl", description="seed file or folder (jsonl, csv, parquet)")
+    num_seeds: int | None = Field(None, ge=1, description="take the first N seeds (all if unset)")
+
+
+class ExpandSpec(Strict):
+    variants_per_seed: int = Field(1, ge=0, description="M_g variants per seed in D_initial (ours: 1)")
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.8, max_tokens=256))
+
+
+class PrinciplesSpec(Strict):
+    subsets: int = Field(4, ge=1, description="T random subsets (paper: T=10 worked best)")
+    subset_size: int = Field(4, ge=1, description="k examples per subset (ours: 4)")
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=256))
+
+
+class ClusterSpec(Strict):
+    num_clusters: int = Field(4, ge=1, description="high-level principles to keep (ours: 4)")
+    algorithm: Literal["auto", "sklearn", "cuml"] = Field("auto", description="auto = cuML with CUDA")
+
+
+class SummarizeSpec(Strict):
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.3, max_tokens=160))
+
+
+class InstancesSpec(Strict):
+    count: int = Field(200, ge=1, description="instances to generate (paper: gains stop near 20K per task)")
+    principles_per_prompt: int = Field(2, ge=1, description="high-level principles shown per prompt (ours)")
+    examples_per_prompt: int = Field(2, ge=0, description="examples shown per prompt (ours)")
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.8, max_tokens=256))
+
+
+class FilterSpec(Strict):
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard threshold")
+    num_perm: int = Field(64, ge=16, description="MinHash permutations")
+
+
+class CarbonSpec(Strict):
+    enabled: bool = True
+    country_iso_code: str = Field("USA", min_length=3, max_length=3)
+
+
+class JobConfig(Strict):
+    """A whole psi-ray job."""
+
+    name: str = "psi"
+    method: Literal["psi", "teacher", "student"] = "psi"
+    seed: int = Field(0, description="every random choice derives from it; recorded in each manifest")
+    runs_dir: str = Field("runs", description="where runs/<run_id>/ go")
+    run_id: str | None = Field(None, description="default: <name>-<method>")
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    large: ModelSpec = Field(default_factory=ModelSpec, description="M_L: writes and summarizes principles")
+    generator: ModelSpec = Field(default_factory=ModelSpec, description="M_g: expands seeds, writes instances")
+    embedder: str = Field("minilm-l6", description="sentence-transformers model for clustering")
+    expand: ExpandSpec = Field(default_factory=ExpandSpec)
+    principles: PrinciplesSpec = Field(default_factory=PrinciplesSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    summarize: SummarizeSpec = Field(default_factory=SummarizeSpec)
+    instances: InstancesSpec = Field(default_factory=InstancesSpec)
+    filter: FilterSpec = Field(default_factory=FilterSpec)
+    shard_size: int = Field(50, ge=1, description="instances per shard: the unit of resume")
+    carbon: CarbonSpec = Field(default_factory=CarbonSpec)
+    base_dir: str = Field(".", description="folder relative paths resolve against (set by load_config)")
+
+    @model_validator(mode="after")
+    def _clusters_fit(self):
+        if self.cluster.num_clusters > self.principles.subsets:
+            raise ValueError(
+                f"cluster.num_clusters ({self.cluster.num_clusters}) exceeds principles.subsets "
+                f"({self.principles.subsets}): at least one principle list per cluster is needed"
+            )
+        return self
+
+    @property
+    def resolved_run_id(self) -> str:
+        return self.run_id or f"{self.name}-{self.method}"
+
+    def path(self, p: str) -> Path:
+        """Resolve a path from the job file (``builtin:NAME`` = data shipped in the package)."""
+        if p.startswith("builtin:"):
+            return Path(__file__).parent / "data" / p.removeprefix("builtin:")
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else Path(self.base_dir) / q
+
+    def run_dir(self) -> Path:
+        return self.path(self.runs_dir) / self.resolved_run_id
+
+    def digest(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none), recorded in manifests."""
+        data = self.model_dump(exclude={"base_dir", "runs_dir", "run_id"})
+        if sections:
+            data = {k: data[k] for k in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} error(s)"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
+    """Read and validate a job YAML; raise :class:`PsiRayError` listing every problem at once."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PsiRayError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise PsiRayError(f"{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise PsiRayError(f"{path}: not UTF-8 text") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PsiRayError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data.setdefault("base_dir", str(path.parent.resolve()))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise PsiRayError(format_validation_error(exc, str(path))) from None

@@ -1,0 +1,253 @@
+"""The Ray Data wiring of the PSI stages, and the run directory.
+
+``run(cfg)`` reads like the method: seeds → expand (M_g) → principles (M_L) → cluster → summarize (M_L) →
+instances (M_g, or M_L for ``teacher``) → filter → dataset. Model-facing stages stream their prompts through
+``map_batches`` into engine actors (:class:`GenerateUDF`) that hold one backend each, placed with the tier's
+Ray resources; an engine lives only for its stage. Instance generation is sharded: each shard is written
+atomically as soon as all its rows are back, so an interrupted run re-does only unfinished shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from psi_ray import carbon
+from psi_ray.config import JobConfig, ModelSpec
+from psi_ray.rundir import StageDir, atomic_write_text, write_parquet
+from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize
+from psi_ray.stages import filter as filters
+from psi_ray.tasks import get_adapter
+
+WORKER_ENV = ("PSI_RAY_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM",
+              "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+
+
+class GenerateUDF:
+    """A Ray Data actor holding one engine: prompts in (JSON chat messages), generations out."""
+
+    def __init__(self, spec: dict, params: dict):
+        import ray
+
+        from psi_ray.backends import SamplingParams, load_backend
+
+        self.backend = load_backend(spec["backend"], spec["model"], **spec["options"])
+        self.params = SamplingParams(**params)
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        prompts = [json.loads(p) for p in batch["prompt"]]
+        gens = self.backend.generate(prompts, self.params)
+        return {
+            "id": list(batch["id"]),
+            "raw_output": [g.text for g in gens],
+            "finish_reason": [g.finish_reason or "" for g in gens],
+            "prompt_tokens": [g.prompt_tokens for g in gens],
+            "output_tokens": [g.output_tokens for g in gens],
+            "error": [g.error or "" for g in gens],
+            "node_id": [self.node_id] * len(gens),
+        }
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` (a cluster, or inside ``ray job submit``) or start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
+             log_to_driver=True, logging_level="WARNING", configure_logging=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+
+
+def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list[dict]:
+    """Run ``rows`` (``id``, ``prompt``) through engine actors of tier ``spec``; return one dict per row.
+
+    ``on_batch`` sees each result batch as it arrives (instance generation writes shards from it).
+    """
+    import ray
+
+    if not rows:
+        return []
+    items = [{"id": r["id"], "prompt": json.dumps(r["prompt"])} for r in rows]
+    spec_d = {"backend": spec.backend, "model": spec.model, "options": spec.options}
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // spec.batch_size, 64)))
+    ds = ds.map_batches(
+        GenerateUDF,
+        fn_constructor_kwargs={"spec": spec_d, "params": sampling.params().to_dict()},
+        batch_size=spec.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=spec.replicas),
+        num_cpus=spec.num_cpus,
+        num_gpus=spec.num_gpus,
+        resources=spec.resources or None,
+        batch_format="numpy",
+    )
+    out: list[dict] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        got = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+               for i in range(len(batch["id"]))]
+        for g in got:
+            g["error"] = g["error"] or None
+        out.extend(got)
+        if on_batch:
+            on_batch(got)
+    return out
+
+
+def tokens_by_tier(generated: list[dict], tier: str) -> dict:
+    return {tier: {"requests": len(generated), "prompt_tokens": sum(g["prompt_tokens"] for g in generated),
+                   "output_tokens": sum(g["output_tokens"] for g in generated)}}
+
+
+def nodes_of(generated: list[dict]) -> list[str]:
+    return sorted({g["node_id"] for g in generated if g.get("node_id")})
+
+
+class Run:
+    """One run directory and the job's config: runs a stage unless its manifest says it is done."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.dir = cfg.run_dir()
+        self.adapter = get_adapter(cfg.task.adapter)
+        self.digests: list[str] = []
+
+    def stage(self, index: int, name: str, sections: tuple[str, ...], compute) -> list[dict]:
+        """Read stage ``name`` back if finished, else run ``compute(sd) -> (rows, manifest_extra)`` measured."""
+        sd = StageDir(self.dir, index, name)
+        upstream = self.digests[-1] if self.digests else ""
+        digest = hashlib.sha256((self.cfg.digest(*sections, "seed", "method") + upstream).encode()).hexdigest()[:16]
+        self.digests.append(digest)
+        if sd.finished(digest):
+            print(f"[{name}] done already; reading {sd.path}")
+            return sd.read()
+        print(f"[{name}] running")
+        cc = self.cfg.carbon
+        with carbon.measure(name, cc.country_iso_code, str(self.dir / ".carbon"), cc.enabled) as energy:
+            rows, extra = compute(sd)
+        if not sd.parts():
+            sd.write_part(0, rows)
+        errors = sum(1 for r in rows if r.get("error"))
+        sd.write_manifest({"stage": name, "digest": digest, "seed": self.cfg.seed, "method": self.cfg.method,
+                           "rows": len(rows), "errors": errors, "energy": energy, "finished_at": time.time(),
+                           **extra})
+        print(f"[{name}] {len(rows)} rows, {errors} errors, {energy['duration_s']:.1f}s")
+        return rows
+
+
+def run(cfg: JobConfig) -> Path:
+    """Run (or resume) a whole generation job; return the run directory."""
+    seed_rows = seeds.load(cfg)  # every seed check happens before any model or Ray starts
+    r = Run(cfg)
+    r.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(r.dir / "config.json", cfg.model_dump_json(indent=2))
+    init_ray()
+    r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}))
+    high: list[dict] = []
+    if cfg.method == "psi":
+        pool = r.stage(1, "expand", ("task", "expand", "generator"), lambda sd: _expand(r, seed_rows))
+        low = r.stage(2, "principles", ("principles", "large"), lambda sd: _principles(r, pool))
+        clustered = r.stage(3, "cluster", ("cluster", "embedder"), lambda sd: _cluster(r, low))
+        high = r.stage(4, "summarize", ("summarize", "large"), lambda sd: _summarize(r, clustered))
+    made = r.stage(5, "instances", ("instances", "shard_size", "generator", "large"),
+                   lambda sd: _instances(r, sd, seed_rows, high))
+    kept = r.stage(6, "filter", ("filter",), lambda sd: _filter(r, made, seed_rows))
+    r.stage(7, "dataset", (), lambda sd: _dataset(r, sd, kept, high))
+    return r.dir
+
+
+def _expand(r: Run, seed_rows):
+    cfg = r.cfg
+    plan = expand.build_prompts(seed_rows, r.adapter, cfg.expand.variants_per_seed)
+    got = generate(plan, cfg.generator, cfg.expand.sampling)
+    variants = expand.parse_outputs(plan, got, r.adapter)
+    return expand.d_initial(seed_rows, variants), {"tokens": tokens_by_tier(got, "generator"),
+                                                   "nodes": {"generator": nodes_of(got)},
+                                                   "valid_variants": sum(v["valid"] for v in variants)}
+
+
+def _principles(r: Run, pool):
+    cfg = r.cfg
+    plan = principles.build_prompts(pool, r.adapter, cfg.principles.subsets, cfg.principles.subset_size, cfg.seed)
+    got = generate(plan, cfg.large, cfg.principles.sampling)
+    rows = principles.parse_outputs(plan, got)
+    subsets = {p["id"]: p["example_ids"] for p in plan}
+    return rows, {"tokens": tokens_by_tier(got, "large"), "nodes": {"large": nodes_of(got)}, "subsets": subsets}
+
+
+def _cluster(r: Run, low):
+    cfg = r.cfg
+    rows = cluster.cluster_principles(low, cfg.embedder, cfg.cluster.num_clusters, cfg.seed, cfg.cluster.algorithm)
+    return rows, {"clusters": {str(c): sum(1 for x in rows if x["cluster_id"] == c)
+                               for c in sorted({x["cluster_id"] for x in rows})}}
+
+
+def _summarize(r: Run, clustered):
+    plan = summarize.build_prompts(clustered, r.adapter)
+    got = generate(plan, r.cfg.large, r.cfg.summarize.sampling)
+    return summarize.parse_outputs(plan, got), {"tokens": tokens_by_tier(got, "large"),
+                                                "nodes": {"large": nodes_of(got)}}
+
+
+def _instances(r: Run, sd: StageDir, seed_rows, high):
+    """Generate the missing shards only; write each as soon as all its rows are back."""
+    cfg = r.cfg
+    tier, spec = ("large", cfg.large) if cfg.method == "teacher" else ("generator", cfg.generator)
+    plan = instances.plan(cfg.instances.count, cfg.shard_size, cfg.seed, high if cfg.method == "psi" else [],
+                          seed_rows, cfg.instances.principles_per_prompt, cfg.instances.examples_per_prompt,
+                          r.adapter)
+    done = set(sd.parts())
+    todo = [p for p in plan if p["shard"] not in done]
+    by_shard = defaultdict(list)
+    for p in todo:
+        by_shard[p["shard"]].append(p)
+    pending: dict[int, list[dict]] = defaultdict(list)
+    shard_of = {p["id"]: p["shard"] for p in todo}
+    if done:
+        print(f"[instances] resuming: {len(done)} shard(s) done, {len(by_shard)} to generate")
+
+    def write_ready(batch):
+        for g in batch:
+            s = shard_of[g["id"]]
+            pending[s].append(g)
+            if len(pending[s]) == len(by_shard[s]):
+                rows = instances.parse_outputs(by_shard[s], pending.pop(s), r.adapter, spec.model)
+                sd.write_part(s, rows)
+
+    got = generate(todo, spec, cfg.instances.sampling, on_batch=write_ready)
+    rows = sd.read()
+    rows.sort(key=lambda x: x["id"])
+    extra = {"tokens": tokens_by_tier(got, tier), "nodes": {tier: nodes_of(got)}, "shards": len(sd.parts()),
+             "resumed_shards": len(done), "tier": tier, "generator": spec.model}
+    return rows, extra
+
+
+def _filter(r: Run, made, seed_rows):
+    fc = r.cfg.filter
+    rows = filters.apply_filters(made, r.adapter, seed_rows, fc.near_duplicate_threshold, fc.num_perm)
+    reasons: dict[str, int] = defaultdict(int)
+    for x in rows:
+        reasons[x["reject_reason"] or "kept"] += 1
+    return rows, {"kept": reasons.get("kept", 0), "rejected": dict(sorted(reasons.items()))}
+
+
+def _dataset(r: Run, sd: StageDir, kept, high):
+    cfg = r.cfg
+    sampling = cfg.instances.sampling.model_dump()
+    records = dataset.to_records(kept, cfg.task.adapter, cfg.method, sampling)
+    write_parquet(sd.path / "data.parquet", records)
+    counts = {"instances generated": len(kept), "valid instances": len(records)}
+    writer = cfg.large.model if cfg.method == "teacher" else cfg.generator.model
+    models = {"M_L (principles)": cfg.large.model, "M_g / writer": writer} if cfg.method == "psi" else \
+        {"writer": writer}
+    atomic_write_text(sd.path / "README.md", dataset.card(cfg, high, counts, models))
+    return [{"id": x["id"]} for x in records], {"dataset": str(sd.path / "data.parquet"), "valid": len(records)}

@@ -1,0 +1,100 @@
+"""The run directory is the state: ``runs/<run_id>/<NN>_<stage>/part-*.parquet`` and a manifest written last.
+
+A stage whose manifest exists is done and is read back instead of recomputed; a manifest made from a
+different config is an error, not a silent reuse. Every file is written to a temporary name and renamed, so
+a killed run never leaves a half-written part or manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from psi_ray.errors import PsiRayError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_parquet_rows(paths: list[Path]) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows: list[dict] = []
+    for p in paths:
+        rows.extend(pq.read_table(p).to_pylist())
+    return rows
+
+
+class StageDir:
+    """One stage's folder: parts, extra files, and the manifest that marks it done."""
+
+    def __init__(self, run_dir: Path, index: int, name: str):
+        self.name = name
+        self.path = Path(run_dir) / f"{index:02d}_{name}"
+        self.manifest_path = self.path / "manifest.json"
+
+    def manifest(self) -> dict | None:
+        if not self.manifest_path.exists():
+            return None
+        return json.loads(self.manifest_path.read_text())
+
+    def finished(self, digest: str) -> dict | None:
+        """The manifest if this stage is done with the same config; an error if done with another."""
+        m = self.manifest()
+        if m is not None and m.get("digest") != digest:
+            raise PsiRayError(
+                f"{self.path} was made with a different config (digest {m.get('digest')} != {digest}); "
+                "use another run_id, or delete the run directory to start over"
+            )
+        return m
+
+    def part_path(self, part: int) -> Path:
+        return self.path / f"part-{part:05d}.parquet"
+
+    def parts(self) -> dict[int, Path]:
+        return {int(p.stem.split("-")[1]): p for p in sorted(self.path.glob("part-*.parquet"))}
+
+    def write_part(self, part: int, rows: list[dict]) -> None:
+        write_parquet(self.part_path(part), rows)
+
+    def read(self) -> list[dict]:
+        return read_parquet_rows(list(self.parts().values()))
+
+    def write_manifest(self, data: dict) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def stage_dirs(run_dir: Path) -> list[StageDir]:
+    """The stage folders present in a run, in pipeline order."""
+    out = []
+    for p in sorted(Path(run_dir).glob("[0-9][0-9]_*")):
+        idx, _, name = p.name.partition("_")
+        out.append(StageDir(run_dir, int(idx), name))
+    return out

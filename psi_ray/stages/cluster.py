@@ -1,0 +1,70 @@
+"""Stage 3, cluster: embed low-level principles and group them with k-means.
+
+A global step (all vectors at once). Reads ``principle_id, text``; writes ``principle_id, cluster_id, x, y``
+(a 2-D PCA projection for the report). cuML k-means on CUDA, scikit-learn on CPU; both take the job's seed,
+so the same seed and config give the same clusters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from psi_ray.errors import PsiRayError, require
+
+
+def embed(texts: list[str], model: str, device: str | None = None) -> np.ndarray:
+    """Unit-length sentence embeddings (sentence-transformers), offline."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from psi_ray.models import resolve_model
+
+    st = require("sentence_transformers", "embedding principles", package="sentence-transformers")
+    encoder = st.SentenceTransformer(resolve_model(model), device=device or "cpu")
+    return np.asarray(encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False))
+
+
+def kmeans(vectors: np.ndarray, k: int, seed: int, algorithm: str = "auto") -> np.ndarray:
+    """Cluster labels for ``vectors``; ``algorithm`` is ``auto`` (cuML where CUDA is), ``cuml`` or ``sklearn``."""
+    if k > len(vectors):
+        raise PsiRayError(f"cluster.num_clusters={k} but only {len(vectors)} low-level principles were written")
+    if algorithm == "auto":
+        algorithm = "cuml" if _cuda() else "sklearn"
+    if algorithm == "cuml":
+        cuml = require("cuml", "GPU k-means", package="cuml-cu12", extra="gpu")
+        if not _cuda():
+            raise PsiRayError("cluster.algorithm=cuml needs a CUDA GPU; use sklearn (or auto) on CPU")
+        model = cuml.KMeans(n_clusters=k, random_state=seed, n_init=10)
+        return np.asarray(model.fit_predict(vectors.astype(np.float32))).astype(int)
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(vectors).astype(int)
+
+
+def project_2d(vectors: np.ndarray) -> np.ndarray:
+    """A 2-D PCA projection (for plotting only)."""
+    centered = vectors - vectors.mean(axis=0)
+    if len(vectors) < 2:
+        return np.zeros((len(vectors), 2))
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    return centered @ vt[:2].T
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def cluster_principles(rows: list[dict], model: str, k: int, seed: int, algorithm: str = "auto") -> list[dict]:
+    usable = [r for r in rows if r.get("text")]
+    if not usable:
+        raise PsiRayError("no low-level principle could be parsed from M_L's outputs; see 02_principles")
+    vectors = embed([r["text"] for r in usable], model)
+    labels = kmeans(vectors, k, seed, algorithm)
+    xy = project_2d(vectors)
+    return [{"principle_id": r["principle_id"], "text": r["text"], "cluster_id": int(c),
+             "x": float(p[0]), "y": float(p[1])} for r, c, p in zip(usable, labels, xy, strict=True)]

@@ -1,0 +1,54 @@
+"""Stage 5, instances: the bulk of the dataset, written by M_g guided by high-level principles.
+
+The plan is deterministic from the job seed: instance ``i`` gets its own sampled principles and examples, and
+belongs to shard ``i // shard_size`` (the unit of resume). Methods share one prompt shape:
+``psi`` (M_g + principles), ``teacher`` (M_L, no principles, Alpaca-style) and ``student`` (M_g, no
+principles). Examples always come from the seeds so the three differ only in writer and principles.
+Writes ``id, shard, instruction, response, principle_ids, example_ids, generator, raw_output, error`` plus
+token counts.
+"""
+
+from __future__ import annotations
+
+import random
+
+from psi_ray import prompts
+from psi_ray.stages.expand import parse_one, started_answer
+
+
+def plan(count: int, shard_size: int, seed: int, principles: list[dict], seeds: list[dict],
+         principles_per_prompt: int, examples_per_prompt: int, adapter) -> list[dict]:
+    """One row per instance to write: id, shard, the principles and examples its prompt shows, the prompt."""
+    rows = []
+    seed_by_id = {s["seed_id"]: s for s in seeds}
+    seed_ids = sorted(seed_by_id)
+    principle_ids = sorted(p["principle_id"] for p in principles)
+    text = {p["principle_id"]: p["text"] for p in principles}
+    for i in range(count):
+        rng = random.Random(f"instance-{seed}-{i}")
+        pids = sorted(rng.sample(principle_ids, min(principles_per_prompt, len(principle_ids))))
+        eids = rng.sample(seed_ids, min(examples_per_prompt, len(seed_ids)))
+        shown = [adapter.format_example(seed_by_id[e]["instruction"], seed_by_id[e]["response"]) for e in eids]
+        msgs = prompts.chat("instances", task=adapter, principles=[text[p] for p in pids], examples=shown)
+        rows.append({"id": f"inst-{i:07d}", "shard": i // shard_size, "principle_ids": pids, "example_ids": eids,
+                     "prompt": msgs + started_answer(adapter)})
+    return rows
+
+
+def parse_outputs(planned: list[dict], generated: list[dict], adapter, generator: str) -> list[dict]:
+    by_id = {g["id"]: g for g in generated}
+    out = []
+    for p in planned:
+        g = by_id[p["id"]]
+        prefix = p["prompt"][-1]["content"]
+        if g["error"]:
+            instruction, response, err = "", "", f"engine: {g['error']}"
+        else:
+            instruction, response, reason = parse_one(adapter, g["raw_output"], prefix)
+            err = reason if reason and reason.startswith("parse") else None  # task checks run in filter
+        out.append({"id": p["id"], "shard": p["shard"], "instruction": instruction, "response": response,
+                    "principle_ids": p["principle_ids"], "example_ids": p["example_ids"], "generator": generator,
+                    "raw_output": g["raw_output"], "error": err, "finish_reason": g["finish_reason"],
+                    "prompt_tokens": g["prompt_tokens"], "output_tokens": g["output_tokens"],
+                    "node_id": g.get("node_id")})
+    return out

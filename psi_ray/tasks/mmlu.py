@@ -1,0 +1,62 @@
+"""MMLU-style multiple choice: a question, four choices A–D and the index of the right one.
+
+Seeds are csv files with ``question,choice0,choice1,choice2,choice3,answer`` (a folder of them, as in
+MMLU's dev split). A response is ``Answer: X`` with X in A–D.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from psi_ray.errors import PsiRayError
+from psi_ray.tasks.base import ParseError, read_records, require_columns
+
+LETTERS = "ABCD"
+CHOICE = re.compile(r"^\s*\(?([A-D])[.)]\s*(.+?)\s*$", re.MULTILINE)
+ANSWER = re.compile(r"Answer\s*:\s*\(?([A-D])\b", re.IGNORECASE)
+
+
+class MMLUAdapter:
+    name = "mmlu"
+    description = "multiple-choice knowledge questions with four options"
+    answer_format = "The question lists four options A. to D., each on its own line, then 'Answer: ' and one letter."
+
+    def load_seeds(self, path: Path) -> list[dict]:
+        rows = read_records(path, self.name)
+        cols = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
+        require_columns(rows, cols, path, self.name)
+        out = []
+        for i, row in enumerate(rows):
+            try:
+                idx = int(row["answer"])
+                assert 0 <= idx <= 3
+            except (ValueError, AssertionError):
+                raise PsiRayError(f"{path}: row {i + 1}: answer must be 0-3, got {row['answer']!r}") from None
+            choices = "\n".join(f"{LETTERS[j]}. {str(row[f'choice{j}']).strip()}" for j in range(4))
+            out.append({"seed_id": f"seed-{i:05d}", "instruction": f"{str(row['question']).strip()}\n{choices}",
+                        "response": f"Answer: {LETTERS[idx]}", "answer": LETTERS[idx]})
+        return out
+
+    def format_example(self, instruction: str, response: str) -> str:
+        return f"Question: {instruction}\n{response}"
+
+    def parse(self, text: str) -> tuple[str, str]:
+        m = ANSWER.search(text)
+        if not m:
+            raise ParseError("no 'Answer: <A-D>'")
+        body = re.sub(r"^\s*Question\s*:\s*", "", text[: m.start()].strip(), flags=re.IGNORECASE)
+        if not body:
+            raise ParseError("empty question")
+        return body.strip(), f"Answer: {m.group(1).upper()}"
+
+    def check(self, instruction: str, response: str) -> str | None:
+        letters = [c for c, _ in CHOICE.findall(instruction)]
+        if letters[:4] != list(LETTERS) or len(letters) != 4:
+            return "not_four_choices"
+        if not ANSWER.search(response):
+            return "no_answer_letter"
+        stem = instruction[: CHOICE.search(instruction).start()].strip()
+        if len(stem) < 10:
+            return "question_too_short"
+        return None
