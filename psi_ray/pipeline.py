@@ -204,7 +204,7 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
     tier, spec = ("large", cfg.large) if cfg.method == "teacher" else ("generator", cfg.generator)
     plan = instances.plan(cfg.instances.count, cfg.shard_size, cfg.seed, high if cfg.method == "psi" else [],
                           seed_rows, cfg.instances.principles_per_prompt, cfg.instances.examples_per_prompt,
-                          r.adapter)
+                          r.adapter, cfg.instances.samples_per_prompt)
     done = set(sd.parts())
     todo = [p for p in plan if p["shard"] not in done]
     by_shard = defaultdict(list)

@@ -17,15 +17,19 @@ from psi_ray.stages.expand import parse_one, started_answer
 
 
 def plan(count: int, shard_size: int, seed: int, principles: list[dict], seeds: list[dict],
-         principles_per_prompt: int, examples_per_prompt: int, adapter) -> list[dict]:
-    """One row per instance to write: id, shard, the principles and examples its prompt shows, the prompt."""
+         principles_per_prompt: int, examples_per_prompt: int, adapter, samples_per_prompt: int = 1) -> list[dict]:
+    """One row per instance to write: id, shard, the principles and examples its prompt shows, the prompt.
+
+    Consecutive groups of ``samples_per_prompt`` instances share one prompt, so an engine with a prefix cache
+    computes it once.
+    """
     rows = []
     seed_by_id = {s["seed_id"]: s for s in seeds}
     seed_ids = sorted(seed_by_id)
     principle_ids = sorted(p["principle_id"] for p in principles)
     text = {p["principle_id"]: p["text"] for p in principles}
     for i in range(count):
-        rng = random.Random(f"instance-{seed}-{i}")
+        rng = random.Random(f"instance-{seed}-{i // samples_per_prompt}")
         pids = sorted(rng.sample(principle_ids, min(principles_per_prompt, len(principle_ids))))
         eids = rng.sample(seed_ids, min(examples_per_prompt, len(seed_ids)))
         shown = [adapter.format_example(seed_by_id[e]["instruction"], seed_by_id[e]["response"]) for e in eids]

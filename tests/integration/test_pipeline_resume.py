@@ -1,0 +1,66 @@
+"""Resume: SIGKILL a run during instance generation, re-run it: no duplicate or missing ids, and the
+finished stages are not recomputed (their manifests unchanged)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+JOB = """
+name: resume
+method: student
+runs_dir: runs
+task: {{adapter: gsm8k, seeds: {seeds}, num_seeds: 8}}
+generator: {{model: smollm2-135m, backend: hf, batch_size: 4, options: {{batch_size: 4}}}}
+instances:
+  count: 16
+  examples_per_prompt: 1
+  sampling: {{temperature: 0.7, max_tokens: 40}}
+shard_size: 4
+carbon: {{enabled: false}}
+"""
+
+
+def start(job, log):
+    return subprocess.Popen([sys.executable, "-m", "psi_ray.cli", "run", str(job)], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT, start_new_session=True)
+
+
+def test_kill_and_resume(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(seeds=ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl"))
+    stage = tmp_path / "runs" / "resume-student" / "05_instances"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = start(job, log)
+        deadline = time.time() + 400
+        while time.time() < deadline and not list(stage.glob("part-*.parquet")) and proc.poll() is None:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    parts_before = sorted(p.name for p in stage.glob("part-*.parquet"))
+    assert 1 <= len(parts_before) < 4, (tmp_path / "first.log").read_text()[-3000:]
+    assert not (stage / "manifest.json").exists()
+    seeds_manifest = (tmp_path / "runs" / "resume-student" / "00_seeds" / "manifest.json").read_text()
+    part_bytes = {p: (stage / p).read_bytes() for p in parts_before}
+
+    res = subprocess.run([sys.executable, "-m", "psi_ray.cli", "run", str(job)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "done already" in res.stdout and "resuming" in res.stdout
+    assert (tmp_path / "runs" / "resume-student" / "00_seeds" / "manifest.json").read_text() == seeds_manifest
+    assert all((stage / p).read_bytes() == b for p, b in part_bytes.items())  # finished shards kept as they were
+
+    import pyarrow.parquet as pq
+
+    ids = [i for p in sorted(stage.glob("part-*.parquet")) for i in pq.read_table(p).column("id").to_pylist()]
+    assert sorted(ids) == [f"inst-{i:07d}" for i in range(16)]
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["resumed_shards"] == len(parts_before) and manifest["rows"] == 16
