@@ -18,7 +18,7 @@ from pathlib import Path
 
 from psi_ray import carbon
 from psi_ray.config import JobConfig, ModelSpec
-from psi_ray.rundir import StageDir, atomic_write_text, write_parquet
+from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, read_parquet_rows
 from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize
 from psi_ray.stages import filter as filters
 from psi_ray.tasks import get_adapter
@@ -121,27 +121,30 @@ class Run:
         self.adapter = get_adapter(cfg.task.adapter)
         self.digests: list[str] = []
 
-    def stage(self, index: int, name: str, sections: tuple[str, ...], compute) -> list[dict]:
-        """Read stage ``name`` back if finished, else run ``compute(sd) -> (rows, manifest_extra)`` measured."""
+    def stage(self, index: int, name: str, sections: tuple[str, ...], compute) -> StageDir:
+        """Run ``compute(sd) -> (rows, manifest_extra)`` measured, unless the stage's manifest says it is done.
+
+        ``rows`` is written as part 0 unless ``compute`` wrote its own parts (then it returns ``None`` and
+        puts ``rows`` in the extra). Returns the stage folder.
+        """
         sd = StageDir(self.dir, index, name)
         upstream = self.digests[-1] if self.digests else ""
         digest = hashlib.sha256((self.cfg.digest(*sections, "seed", "method") + upstream).encode()).hexdigest()[:16]
         self.digests.append(digest)
         if sd.finished(digest):
             print(f"[{name}] done already; reading {sd.path}")
-            return sd.read()
+            return sd
         print(f"[{name}] running")
         cc = self.cfg.carbon
         with carbon.measure(name, cc.country_iso_code, str(self.dir / ".carbon"), cc.enabled) as energy:
             rows, extra = compute(sd)
-        if not sd.parts():
+        if rows is not None:
             sd.write_part(0, rows)
-        errors = sum(1 for r in rows if r.get("error"))
+            extra = {"rows": len(rows), "errors": sum(1 for r in rows if r.get("error")), **extra}
         sd.write_manifest({"stage": name, "digest": digest, "seed": self.cfg.seed, "method": self.cfg.method,
-                           "rows": len(rows), "errors": errors, "energy": energy, "finished_at": time.time(),
-                           **extra})
-        print(f"[{name}] {len(rows)} rows, {errors} errors, {energy['duration_s']:.1f}s")
-        return rows
+                           "energy": energy, "finished_at": time.time(), **extra})
+        print(f"[{name}] {extra.get('rows')} rows, {extra.get('errors', 0)} errors, {energy['duration_s']:.1f}s")
+        return sd
 
 
 def run(cfg: JobConfig) -> Path:
@@ -154,14 +157,14 @@ def run(cfg: JobConfig) -> Path:
     r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}))
     high: list[dict] = []
     if cfg.method == "psi":
-        pool = r.stage(1, "expand", ("task", "expand", "generator"), lambda sd: _expand(r, seed_rows))
-        low = r.stage(2, "principles", ("principles", "large"), lambda sd: _principles(r, pool))
-        clustered = r.stage(3, "cluster", ("cluster", "embedder"), lambda sd: _cluster(r, low))
-        high = r.stage(4, "summarize", ("summarize", "large"), lambda sd: _summarize(r, clustered))
+        pool = r.stage(1, "expand", ("task", "expand", "generator"), lambda sd: _expand(r, seed_rows)).read()
+        low = r.stage(2, "principles", ("principles", "large"), lambda sd: _principles(r, pool)).read()
+        clustered = r.stage(3, "cluster", ("cluster", "embedder"), lambda sd: _cluster(r, low)).read()
+        high = r.stage(4, "summarize", ("summarize", "large"), lambda sd: _summarize(r, clustered)).read()
     made = r.stage(5, "instances", ("instances", "shard_size", "generator", "large"),
                    lambda sd: _instances(r, sd, seed_rows, high))
-    kept = r.stage(6, "filter", ("filter",), lambda sd: _filter(r, made, seed_rows))
-    r.stage(7, "dataset", (), lambda sd: _dataset(r, sd, kept, high))
+    kept = r.stage(6, "filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
+    r.stage(7, "dataset", (), lambda sd: dataset_stage(r, sd, kept, high))
     return r.dir
 
 
@@ -224,30 +227,39 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
                 sd.write_part(s, rows)
 
     got = generate(todo, spec, cfg.instances.sampling, on_batch=write_ready)
-    rows = sd.read()
-    rows.sort(key=lambda x: x["id"])
-    extra = {"tokens": tokens_by_tier(got, tier), "nodes": {tier: nodes_of(got)}, "shards": len(sd.parts()),
-             "resumed_shards": len(done), "tier": tier, "generator": spec.model}
-    return rows, extra
+    ids = sd.read_column("id")
+    errors = sum(1 for e in sd.read_column("error") if e)
+    extra = {"rows": len(ids), "unique_ids": len(set(ids)), "errors": errors, "tokens": tokens_by_tier(got, tier),
+             "nodes": {tier: nodes_of(got)}, "shards": len(sd.parts()), "resumed_shards": len(done),
+             "tier": tier, "generator": spec.model}
+    return None, extra
 
 
-def _filter(r: Run, made, seed_rows):
+def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):
+    """Stream the instance shards through the filters, one output part per input part."""
     fc = r.cfg.filter
-    rows = filters.apply_filters(made, r.adapter, seed_rows, fc.near_duplicate_threshold, fc.num_perm)
+    dedup = filters.make_deduper(seed_rows, fc.near_duplicate_threshold, fc.num_perm, r.cfg.instances.count)
     reasons: dict[str, int] = defaultdict(int)
-    for x in rows:
-        reasons[x["reject_reason"] or "kept"] += 1
-    return rows, {"kept": reasons.get("kept", 0), "rejected": dict(sorted(reasons.items()))}
+    total = 0
+    for part, path in made.parts().items():
+        rows = filters.apply_filters(read_parquet_rows([path]), r.adapter, dedup)
+        sd.write_part(part, rows)
+        total += len(rows)
+        for x in rows:
+            reasons[x["reject_reason"] or "kept"] += 1
+    return None, {"rows": total, "kept": reasons.pop("kept", 0), "rejected": dict(sorted(reasons.items()))}
 
 
-def _dataset(r: Run, sd: StageDir, kept, high):
+def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
+    """Write the kept rows as chat-format Parquet, part by part into one file, and the dataset card."""
     cfg = r.cfg
     sampling = cfg.instances.sampling.model_dump()
-    records = dataset.to_records(kept, cfg.task.adapter, cfg.method, sampling)
-    write_parquet(sd.path / "data.parquet", records)
-    counts = {"instances generated": len(kept), "valid instances": len(records)}
+    with ParquetSink(sd.path / "data.parquet") as sink:
+        for path in kept.parts().values():
+            sink.write(dataset.to_records(read_parquet_rows([path]), cfg.task.adapter, cfg.method, sampling))
+    counts = {"instances generated": kept.manifest()["rows"], "valid instances": sink.rows}
     writer = cfg.large.model if cfg.method == "teacher" else cfg.generator.model
     models = {"M_L (principles)": cfg.large.model, "M_g / writer": writer} if cfg.method == "psi" else \
         {"writer": writer}
     atomic_write_text(sd.path / "README.md", dataset.card(cfg, high, counts, models))
-    return [{"id": x["id"]} for x in records], {"dataset": str(sd.path / "data.parquet"), "valid": len(records)}
+    return None, {"rows": sink.rows, "dataset": str(sd.path / "data.parquet"), "valid": sink.rows}

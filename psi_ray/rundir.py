@@ -52,6 +52,43 @@ def read_parquet_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
+class ParquetSink:
+    """Append batches of rows to one Parquet file, renamed into place on a clean exit only."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows, self._writer = Path(path), 0, None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+
+    def write(self, rows: list[dict]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not rows:
+            return
+        table = pa.Table.from_pylist(rows, schema=self._writer.schema if self._writer else None)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, table.schema)
+        self._writer.write_table(table)
+        self.rows += len(rows)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if self._writer is None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({}), self._tmp)
+        else:
+            self._writer.close()
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+
 class StageDir:
     """One stage's folder: parts, extra files, and the manifest that marks it done."""
 
@@ -86,6 +123,11 @@ class StageDir:
 
     def read(self) -> list[dict]:
         return read_parquet_rows(list(self.parts().values()))
+
+    def read_column(self, name: str) -> list:
+        import pyarrow.parquet as pq
+
+        return [v for p in self.parts().values() for v in pq.read_table(p, columns=[name]).column(name).to_pylist()]
 
     def write_manifest(self, data: dict) -> None:
         atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=True, default=str))

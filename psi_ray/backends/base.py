@@ -9,10 +9,10 @@ engine it holds. Failures of single requests come back as ``Generation.error`` s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
+Prompt = str | list[Message]
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ class VLLMBackend:
                 ok_ids.append({"prompt_token_ids": ids})
         if ok_ids:
             results = self.llm.generate(ok_ids, sp, use_tqdm=False)
-            for i, res in zip(ok_idx, results):
+            for i, res in zip(ok_idx, results, strict=True):
                 for j, comp in enumerate(res.outputs):
                     out[i * params.n + j] = Generation(
                         comp.text, comp.finish_reason, len(res.prompt_token_ids), len(comp.token_ids),

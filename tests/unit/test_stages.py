@@ -89,9 +89,9 @@ def test_filter_reasons(seed_rows):
          "error": None, **base},
         {"id": "i5", "instruction": "", "response": "", "error": "parse: no 'Question:'", **base},
     ]
-    out = filters.apply_filters(rows, a, seed_rows, 0.7, 64)
+    out = filters.apply_filters(rows, a, filters.make_deduper(seed_rows, 0.7, 64, capacity=100))
     assert [r["reject_reason"] for r in out] == [
-        None, "near_duplicate", "exact_duplicate", "wrong_calculation", "exact_duplicate", "parse"]
+        None, "near_duplicate", "exact_duplicate", "wrong_calculation", "copies_seed", "parse"]
     recs = dataset.to_records(out, "gsm8k", "psi", {"temperature": 0.7})
     assert len(recs) == 1 and recs[0]["messages"][1]["role"] == "assistant"
 
