@@ -9,7 +9,7 @@ JOB ?= jobs/gsm8k_cpu.yaml
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install run test test-gpu bench lint clean
+.PHONY: install system-deps run test test-gpu bench lint clean
 
 install: $(VENV)/.installed-$(EXTRA)
 
@@ -27,7 +27,13 @@ $(VENV)/.installed-$(EXTRA): pyproject.toml
 run: install
 	$(BIN)/psi-ray run $(JOB)
 
-test: install
+# Debian's Chromium renders report.html in the browser test (skipped where it cannot be installed).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "note: chromium not installed; the report browser test will skip"; }
+
+test: install system-deps
 	$(BIN)/python -m pytest -q -m "not gpu" tests/unit tests/integration
 
 test-gpu: install
@@ -35,6 +41,8 @@ test-gpu: install
 
 bench: install
 	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/scale.py
 
 lint: install
 	$(BIN)/ruff check psi_ray tests bench

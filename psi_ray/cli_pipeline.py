@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from psi_ray import cli_report
 from psi_ray.errors import PsiRayError
 
 
@@ -18,6 +19,10 @@ def cmd_run(args) -> int:
     manifest = json.loads((run_dir / "07_dataset" / "manifest.json").read_text())
     print(f"\ndataset: {manifest['dataset']} ({manifest['valid']} valid instances)")
     print(f"run directory: {run_dir}")
+    if not args.no_report:
+        from psi_ray.report import write_report
+
+        print(f"report: {write_report(run_dir)['html']}")
     return 0
 
 
@@ -75,6 +80,7 @@ def register(sub) -> None:
                    help="psi (default in the job), teacher (M_L writes all) or student (M_g, no principles)")
     p.add_argument("--run-id", default=None, help="run folder name (default: <name>-<method>)")
     p.add_argument("--runs-dir", default=None, help="where run folders go (default: the job's runs_dir)")
+    p.add_argument("--no-report", action="store_true", help="skip writing RUN_DIR/report.html at the end")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("principles", help="print a run's principle tree", description=cmd_principles.__doc__)
@@ -88,4 +94,4 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_show_prompt)
 
 
-REGISTER = [register]
+REGISTER = [register, *cli_report.REGISTER]

@@ -77,7 +77,7 @@ class ClusterSpec(Strict):
 
 
 class SummarizeSpec(Strict):
-    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.3, max_tokens=160))
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.3, max_tokens=80, stop=["\n"]))
 
 
 class InstancesSpec(Strict):

@@ -38,6 +38,7 @@ class GenerateUDF:
         self.backend = load_backend(spec["backend"], spec["model"], **spec["options"])
         self.params = SamplingParams(**params)
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.ready_at = time.time()  # lets benchmarks separate engine start-up from generation
 
     def __call__(self, batch: dict) -> dict:
         prompts = [json.loads(p) for p in batch["prompt"]]
@@ -50,6 +51,7 @@ class GenerateUDF:
             "output_tokens": [g.output_tokens for g in gens],
             "error": [g.error or "" for g in gens],
             "node_id": [self.node_id] * len(gens),
+            "engine_ready_at": [self.ready_at] * len(gens),
         }
 
 
@@ -147,9 +149,19 @@ class Run:
         return sd
 
 
+def check_endpoints(cfg: JobConfig) -> None:
+    """Fail fast, with one line, when a tier's OpenAI-compatible endpoint cannot be reached."""
+    from psi_ray.backends import load_backend
+
+    for spec in {cfg.large.model_dump_json(): cfg.large, cfg.generator.model_dump_json(): cfg.generator}.values():
+        if spec.backend == "openai":
+            load_backend("openai", spec.model, **spec.options).check()
+
+
 def run(cfg: JobConfig) -> Path:
     """Run (or resume) a whole generation job; return the run directory."""
     seed_rows = seeds.load(cfg)  # every seed check happens before any model or Ray starts
+    check_endpoints(cfg)
     r = Run(cfg)
     r.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(r.dir / "config.json", cfg.model_dump_json(indent=2))
@@ -254,7 +266,7 @@ def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
     """Write the kept rows as chat-format Parquet, part by part into one file, and the dataset card."""
     cfg = r.cfg
     sampling = cfg.instances.sampling.model_dump()
-    with ParquetSink(sd.path / "data.parquet") as sink:
+    with ParquetSink(sd.path / "data.parquet", dataset.schema()) as sink:
         for path in kept.parts().values():
             sink.write(dataset.to_records(read_parquet_rows([path]), cfg.task.adapter, cfg.method, sampling))
     counts = {"instances generated": kept.manifest()["rows"], "valid instances": sink.rows}

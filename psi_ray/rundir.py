@@ -23,6 +23,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; run artifacts are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -55,8 +56,8 @@ def read_parquet_rows(paths: list[Path]) -> list[dict]:
 class ParquetSink:
     """Append batches of rows to one Parquet file, renamed into place on a clean exit only."""
 
-    def __init__(self, path: Path):
-        self.path, self.rows, self._writer = Path(path), 0, None
+    def __init__(self, path: Path, schema=None):
+        self.path, self.rows, self._writer, self.schema = Path(path), 0, None, schema
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp")
 
@@ -66,7 +67,7 @@ class ParquetSink:
 
         if not rows:
             return
-        table = pa.Table.from_pylist(rows, schema=self._writer.schema if self._writer else None)
+        table = pa.Table.from_pylist(rows, schema=self._writer.schema if self._writer else self.schema)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._tmp, table.schema)
         self._writer.write_table(table)
@@ -80,7 +81,7 @@ class ParquetSink:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.table({}), self._tmp)
+            pq.write_table(self.schema.empty_table() if self.schema else pa.table({}), self._tmp)
         else:
             self._writer.close()
         if exc_type is None:

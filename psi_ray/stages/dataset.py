@@ -10,6 +10,17 @@ from __future__ import annotations
 import json
 
 
+def schema():
+    """The dataset's Arrow schema (explicit, so an empty dataset still has its columns)."""
+    import pyarrow as pa
+
+    msg = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.schema([("id", pa.string()), ("messages", pa.list_(msg)), ("task", pa.string()),
+                      ("method", pa.string()), ("principle_ids", pa.list_(pa.string())),
+                      ("example_ids", pa.list_(pa.string())), ("generator", pa.string()), ("sampling", pa.string()),
+                      ("valid", pa.bool_()), ("reject_reason", pa.string())])
+
+
 def to_records(rows: list[dict], task: str, method: str, sampling: dict) -> list[dict]:
     return [{
         "id": r["id"],

@@ -14,6 +14,8 @@ from psi_ray import prompts
 from psi_ray.stages import require_columns
 
 ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*\S)\s*$")
+STARTED = [{"role": "assistant", "content": "1."}]  # the list is begun for the model, so it writes a list
+MAX_CHARS = 200
 
 
 def sample_subsets(example_ids: list[str], subsets: int, subset_size: int, seed: int) -> list[list[str]]:
@@ -39,8 +41,20 @@ def build_prompts(examples: list[dict], adapter, subsets: int, subset_size: int,
     for t, ids in enumerate(sample_subsets(list(valid), subsets, subset_size, seed)):
         shown = [adapter.format_example(valid[i]["instruction"], valid[i]["response"]) for i in ids]
         rows.append({"id": f"subset-{t:03d}", "subset_id": t, "example_ids": ids,
-                     "prompt": prompts.chat("principles", task=adapter, examples=shown)})
+                     "prompt": prompts.chat("principles", task=adapter, examples=shown) + STARTED})
     return rows
+
+
+EXAMPLE_TALK = re.compile(r"^(in|for|from) (the|this|these|each) (\w+ )?examples?\b", re.I)
+
+
+def first_sentence(text: str, max_chars: int = MAX_CHARS) -> str:
+    """The first sentence of ``text``, at most ``max_chars`` long (cut at a word boundary)."""
+    m = re.match(r"(.+?[.!?])(\s|$)", text.strip())
+    sentence = m.group(1) if m else text.strip()
+    if len(sentence) > max_chars:
+        sentence = sentence[:max_chars].rsplit(" ", 1)[0].rstrip(",;:") + "."
+    return sentence
 
 
 def split_principles(text: str, min_chars: int = 15) -> list[str]:
@@ -50,9 +64,9 @@ def split_principles(text: str, min_chars: int = 15) -> list[str]:
         m = ITEM.match(line)
         if not m:
             continue
-        item = m.group(1).strip().strip("*").strip()
+        item = first_sentence(m.group(1).strip().strip("*").strip())
         key = item.lower()
-        if len(item) >= min_chars and key not in seen:
+        if len(item) >= min_chars and key not in seen and not EXAMPLE_TALK.match(item):
             seen.add(key)
             items.append(item)
     return items
@@ -64,7 +78,7 @@ def parse_outputs(planned: list[dict], generated: list[dict]) -> list[dict]:
     for p in planned:
         g = by_id[p["id"]]
         base = {"subset_id": p["subset_id"], "example_ids": p["example_ids"], "raw_output": g["raw_output"]}
-        items = [] if g["error"] else split_principles(g["raw_output"])
+        items = [] if g["error"] else split_principles(p["prompt"][-1]["content"] + g["raw_output"])
         if not items:
             err = f"engine: {g['error']}" if g["error"] else "parse: no list items of 15+ characters"
             out.append({"principle_id": f"L{p['subset_id']:03d}-none", "text": None, "error": err, **base})

@@ -11,6 +11,9 @@ import re
 
 from psi_ray import prompts
 from psi_ray.stages import require_columns
+from psi_ray.stages.principles import first_sentence
+
+STARTED = [{"role": "assistant", "content": "Principle:"}]  # begun for the model: one sentence follows
 
 
 def build_prompts(clustered: list[dict], adapter) -> list[dict]:
@@ -20,16 +23,19 @@ def build_prompts(clustered: list[dict], adapter) -> list[dict]:
         members = [r for r in clustered if r["cluster_id"] == c]
         rows.append({"id": f"H{c:02d}", "cluster_id": c, "member_ids": [m["principle_id"] for m in members],
                      "members": [m["text"] for m in members],
-                     "prompt": prompts.chat("summarize", task=adapter, principles=[m["text"] for m in members])})
+                     "prompt": prompts.chat("summarize", task=adapter, principles=[m["text"] for m in members])
+                     + STARTED})
     return rows
 
 
-def clean_summary(text: str, max_chars: int = 400) -> str:
-    """The first paragraph, without list markers or a 'Principle:' label."""
-    para = text.strip().split("\n\n")[0].strip()
-    para = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", para)
-    para = re.sub(r"^\**(?:merged |high-level )?principle\**\s*:\s*", "", para, flags=re.I).strip()
-    return para[:max_chars].strip()
+def clean_summary(text: str) -> str:
+    """The first sentence of the first line that is not an intro, without list markers or a label."""
+    for line in text.strip().splitlines():
+        line = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", line.strip())
+        line = re.sub(r"^\**(?:merged |high-level )?principle\**\s*:\s*", "", line, flags=re.I).strip()
+        if line and not line.endswith(":"):
+            return first_sentence(line)
+    return ""
 
 
 def parse_outputs(planned: list[dict], generated: list[dict]) -> list[dict]:

@@ -26,13 +26,19 @@ def test_subsets_same_seed_same_result():
 def test_split_principles():
     text = "Intro line\n1. Read the problem twice before solving.\n2) Write every step down clearly.\n- short\n" \
            "* Check units and the final number.\n1. Read the problem twice before solving."
+    assert principles.split_principles("1." + " Keep the first item, it is long enough.\n2. In the first example, x.") \
+        == ["Keep the first item, it is long enough."]
     assert principles.split_principles(text) == [
         "Read the problem twice before solving.", "Write every step down clearly.",
         "Check units and the final number."]
 
 
+def principles_prompt():
+    return [{"role": "user", "content": "..."}, *principles.STARTED]
+
+
 def test_principle_rows_keep_unparseable_outputs():
-    plan = [{"id": "subset-000", "subset_id": 0, "example_ids": ["a"]}]
+    plan = [{"id": "subset-000", "subset_id": 0, "example_ids": ["a"], "prompt": principles_prompt()}]
     rows = principles.parse_outputs(plan, [{"id": "subset-000", "raw_output": "no list here", "error": None}])
     assert len(rows) == 1 and rows[0]["text"] is None and rows[0]["error"].startswith("parse")
 
@@ -56,8 +62,9 @@ def test_cluster_principles_with_builtin_embedder_is_reproducible():
 
 
 def test_summary_cleaning_and_fallback():
-    assert summarize.clean_summary("Principle: Always check the arithmetic.\n\nMore") == \
+    assert summarize.clean_summary("Principle: Always check the arithmetic. Then more.\n\nMore") == \
         "Always check the arithmetic."
+    assert summarize.clean_summary("The principles are:\n1. Read twice.") == "Read twice."
     plan = [{"id": "H00", "cluster_id": 0, "member_ids": ["L0"], "members": ["Member principle text."]}]
     rows = summarize.parse_outputs(plan, [{"id": "H00", "raw_output": "", "error": None}])
     assert rows[0]["text"] == "Member principle text." and rows[0]["error"]

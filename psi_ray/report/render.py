@@ -1,0 +1,426 @@
+"""Turn collected run dicts into one self-contained HTML page (figures as inline PNG) and a Markdown summary.
+
+Figures are drawn with matplotlib's Agg canvas on ``Figure`` objects (no pyplot, no global backend switch) and
+embedded as base64, so ``report.html`` opens anywhere, offline, as one file. Sections whose data a run does not
+have (a teacher run's principles, an unfinished run's validity) are left out rather than drawn empty.
+matplotlib is imported inside the figure functions so that importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import time
+
+from psi_ray.report.collect import ENERGY, TIERS
+
+TIER_COLOURS = {"large": "#c0392b", "generator": "#2e86c1", None: "#95a5a6"}
+METHOD_COLOURS = {"psi": "#27ae60", "teacher": "#c0392b", "student": "#2e86c1"}
+RC = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "xtick.labelsize": 11, "ytick.labelsize": 11,
+      "legend.fontsize": 11, "axes.spines.top": False, "axes.spines.right": False}
+
+
+# ---- numbers -------------------------------------------------------------------------------------------------
+
+def num(x) -> str:
+    """A figure as people read it: thousands separators for counts, three significant digits otherwise."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool) or isinstance(x, int):
+        return f"{x:,}"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def secs(x) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.2f} h"
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def ratio(x) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def when(t) -> str:
+    return "–" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def power_text(run: dict) -> str:
+    if not run["measured"]:
+        return "not measured (carbon tracking was off)"
+    if run["power_source"] == "rapl":
+        return "measured from RAPL energy counters"
+    return "estimated: codecarbon found no RAPL counters and used its CPU power tables (RAM and GPU likewise)"
+
+
+def _tier(s: dict):
+    return s["tiers"][0] if s["tiers"] else None
+
+
+# ---- figures -------------------------------------------------------------------------------------------------
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _tier_legend(ax, stages: list[dict]) -> None:
+    from matplotlib.patches import Patch
+
+    names = {"large": "M_L stage", "generator": "M_g stage", None: "no model"}
+    tiers = [t for t in TIER_COLOURS if any(_tier(s) == t for s in stages)]
+    ax.legend(handles=[Patch(color=TIER_COLOURS[t], label=names[t]) for t in tiers], loc="lower left",
+              bbox_to_anchor=(0, 1.01), ncol=len(tiers), frameon=False, borderaxespad=0)
+
+
+def _hbar(labels, values, colours, notes, xlabel, left=None, width=10.0, headroom=1.25, legend=None) -> str:
+    """One horizontal bar per label (top to bottom), each annotated at its end; the PNG as base64."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    left = left or [0.0] * len(values)
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(width, 0.5 * len(labels) + 1.4), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.barh(range(len(labels)), [max(v, 0.0) for v in values], left=left, color=colours, height=0.6)
+        for i, note in enumerate(notes):
+            ax.annotate(note, (left[i] + values[i], i), xytext=(5, 0), textcoords="offset points", va="center",
+                        fontsize=10.5)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max([lf + v for lf, v in zip(left, values, strict=True)] + [1e-12]) * headroom)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 4))
+        ax.set_xlabel(xlabel)
+        if legend:
+            legend(ax)
+        return _png(fig)
+
+
+def fig_timeline(stages: list[dict]) -> str:
+    starts, t = [], 0.0
+    for s in stages:  # stages without finished_at are drawn one after another
+        starts.append(s["offset_s"] if s["offset_s"] is not None else t)
+        t = starts[-1] + s["duration_s"]
+    return _hbar([s["folder"] for s in stages], [s["duration_s"] for s in stages],
+                 [TIER_COLOURS[_tier(s)] for s in stages], [secs(s["duration_s"]) for s in stages],
+                 "seconds since the first stage started", left=starts, headroom=1.15,
+                 legend=lambda ax: _tier_legend(ax, stages))
+
+
+def fig_energy(stages: list[dict]) -> str:
+    """kWh per stage; each bar also names its kgCO2e (one grid factor per run makes a second chart redundant)."""
+    return _hbar([s["folder"] for s in stages], [s["energy_kwh"] for s in stages],
+                 [TIER_COLOURS[_tier(s)] for s in stages],
+                 [f"{num(s['energy_kwh'])} kWh · {num(s['emissions_kg'])} kgCO2e" for s in stages],
+                 "energy (kWh)", headroom=1.6, legend=lambda ax: _tier_legend(ax, stages))
+
+
+def fig_throughput(tokens: dict, by_stage: list[dict]) -> str:
+    labels, values, colours, notes = [], [], [], []
+    for tier, t in tokens.items():
+        entries = [(f"{t['label']}, all stages", t, "")] + [(f"   {e['stage']}", e, "88") for e in by_stage
+                                                            if e["tier"] == tier]
+        for label, e, alpha in entries:
+            labels.append(label)
+            values.append(e["tokens_per_s"] or 0.0)
+            colours.append(TIER_COLOURS.get(tier, "#7f8c8d") + alpha)
+            notes.append(f"{values[-1]:.1f} tok/s  ({num(e['output_tokens'])} tok / {secs(e['duration_s'])})")
+    return _hbar(labels, values, colours, notes, "output tokens per second of stage wall time", headroom=1.7)
+
+
+def fig_validity(v: dict) -> str:
+    values = [v["kept"], *v["rejected"].values()]
+    return _hbar(["kept (valid)", *v["rejected"]], values, ["#27ae60"] + ["#e67e22"] * len(v["rejected"]),
+                 [num(x) for x in values], f"instances (of {num(v['generated'])} generated)", width=9, headroom=1.15)
+
+
+def fig_compare(rows: list[dict]) -> str:
+    rows = [r for r in rows if r["per_1k"]]
+    vals = [r["per_1k"]["energy_kwh"] for r in rows]
+    notes = [f"{num(v)} kWh" + (f"  ({ratio(r['ratio_to_teacher']['energy_kwh'])} teacher)"
+                                if r["ratio_to_teacher"] else "") for v, r in zip(vals, rows, strict=True)]
+    return _hbar([f"{r['run_id']} ({r['method']})" for r in rows], vals,
+                 [METHOD_COLOURS.get(r["method"], "#7f8c8d") for r in rows], notes, "kWh per 1K valid instances",
+                 headroom=1.6)
+
+
+def _near_groups(points: list[dict], frac: float = 0.08) -> list[list[dict]]:
+    """Points chained within ``frac`` of the plot's span, so close neighbours share one label instead of
+    printing over each other."""
+    span = max(max(p[k] for p in points) - min(p[k] for p in points) for k in ("x", "y")) or 1.0
+    eps2 = (frac * span) ** 2
+    groups: list[list[dict]] = []
+    for p in sorted(points, key=lambda p: p["id"]):
+        near = [g for g in groups if any((p["x"] - q["x"]) ** 2 + (p["y"] - q["y"]) ** 2 <= eps2 for q in g)]
+        merged = [p] + [q for g in near for q in g]
+        groups = [g for g in groups if g not in near] + [sorted(merged, key=lambda q: q["id"])]
+    return groups
+
+
+def fig_projection(points: list[dict]) -> str:
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    clusters = sorted({p["cluster_id"] for p in points})
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(9, 6), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        cmap = matplotlib.colormaps["tab10"]
+        for i, c in enumerate(clusters):
+            pts = [p for p in points if p["cluster_id"] == c]
+            name = f"{pts[0]['high_id']} · " if pts[0]["high_id"] else ""
+            ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], s=70, color=cmap(i % 10), alpha=0.85,
+                       edgecolor="white", label=f"{name}cluster {c} ({len(pts)})")
+        if len(points) <= 60:
+            for group in _near_groups(points):
+                ids = [p["id"] for p in group]
+                top = max(group, key=lambda p: p["y"])
+                ax.annotate(", ".join(ids) if len(ids) <= 3 else f"{ids[0]} +{len(ids) - 1}", (top["x"], top["y"]),
+                            xytext=(5, 5), textcoords="offset points", fontsize=9, color="#444444")
+        ax.margins(x=0.15, y=0.08)  # room for the labels of points at the edges
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, title="high-level principle")
+        return _png(fig)
+
+
+# ---- shared text ---------------------------------------------------------------------------------------------
+
+def headline(run: dict, comp: dict | None = None, notes: bool = True) -> list[str]:
+    """The few lines a person reads first; printed by the CLI and opening both report files.
+
+    ``notes`` adds the caveats (the page shows them in their own box instead).
+    """
+    t = run["totals"]
+    lines = [f"{run['run_id']}: method {run['method']}, task {run['task'] or '?'}, "
+             + ", ".join(f"{k} {v}" for k, v in run["models"]["writers"].items())]
+    if run["valid"] is not None:
+        lines.append(f"{num(run['valid'])} of {num(run['generated'])} generated instances valid "
+                     f"({pct(run['valid_rate'])})")
+    if not run["finished"]:
+        doing = ", ".join(f"{r['folder']} ({r['parts']} part(s) written)" for r in run["running"]) or "none"
+        lines.append(f"unfinished: in progress {doing}; not started {', '.join(run['missing']) or 'none'}")
+    so_far = "" if run["finished"] else " so far"
+    lines.append(f"energy{so_far} {num(t['energy_kwh'])} kWh, {num(t['emissions_kg'])} kgCO2e over "
+                 f"{len(run['stages'])} stage(s), {secs(t['duration_s'])} of stage time; power {power_text(run)}")
+    if run["per_1k_valid"]:
+        p = run["per_1k_valid"]
+        lines.append(f"per 1K valid instances: {num(p['energy_kwh'])} kWh, {num(p['emissions_kg'])} kgCO2e")
+    if run["tokens"]:
+        lines.append("output tokens: " + ", ".join(
+            f"{v['label']} {num(v['output_tokens'])} ({num(v['tokens_per_s'])} tok/s)" for v in run["tokens"].values()))
+    if comp and comp["teacher"]:
+        for r in comp["rows"]:
+            if r["ratio_to_teacher"] and r["run_id"] != comp["teacher"]:
+                q = r["ratio_to_teacher"]
+                lines.append(f"{r['run_id']} vs teacher {comp['teacher']}, per 1K valid: energy "
+                             f"{ratio(q['energy_kwh'])}, emissions {ratio(q['emissions_kg'])}")
+    if notes:
+        lines.extend((comp or {}).get("notes") or run["notes"])
+    return lines
+
+
+def _compare_table(comp: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["run", "method", "writer model(s)", "generated", "valid", "valid rate", "kWh", "kgCO2e",
+            "kWh / 1K valid", "kgCO2e / 1K valid", "kWh / 1K ÷ teacher", "kgCO2e / 1K ÷ teacher",
+            "M_L output tokens", "M_g output tokens"] + [f"{t} (base → fine-tuned)" for t in comp["eval_tasks"]]
+    body = []
+    for r in comp["rows"]:
+        p, q = r["per_1k"] or {}, r["ratio_to_teacher"] or {}
+        body.append([r["run_id"] + ("" if r["finished"] else " (unfinished)"), r["method"],
+                     "\n".join(f"{k.split()[0]} {v}" for k, v in r["writers"].items()), num(r["generated"]), num(r["valid"]),
+                     pct(r["valid_rate"]), num(r["energy_kwh"]) if r["measured"] else "–",
+                     num(r["emissions_kg"]) if r["measured"] else "–", num(p.get("energy_kwh")),
+                     num(p.get("emissions_kg")), ratio(q.get("energy_kwh")), ratio(q.get("emissions_kg")),
+                     num(r["output_tokens"].get("large")), num(r["output_tokens"].get("generator"))]
+                    + [_score(r["eval"].get(t)) for t in comp["eval_tasks"]])
+    return head, body
+
+
+def _score(s: dict | None) -> str:
+    if not s:
+        return "–"
+    if "base" in s and "finetuned" in s:
+        return f"{num(s['base'])} → {num(s['finetuned'])}"
+    return ", ".join(f"{k} {num(v)}" for k, v in s.items())
+
+
+def _eval_table(scores: dict) -> tuple[list[str], list[list[str]]]:
+    keys = sorted({k for s in scores.values() for k in s}, key=lambda k: (k != "base", k != "finetuned", k))
+    body = []
+    for task, s in sorted(scores.items()):
+        change = s["finetuned"] - s["base"] if isinstance(s.get("base"), int | float) and \
+            isinstance(s.get("finetuned"), int | float) else None
+        body.append([task, *(num(s.get(k)) for k in keys), "–" if change is None else f"{change:+.3g}"])
+    return ["task", *keys, "fine-tuned − base"], body
+
+
+def _stage_table(run: dict) -> tuple[list[str], list[list[str]]]:
+    def energy(x):
+        return [num(x[k]) if run["measured"] else "–" for k in ENERGY]
+    head = ["stage", "model tier", "rows", "errors", "duration", "finished at", "kWh", "kgCO2e", "CPU kWh",
+            "GPU kWh", "RAM kWh"]
+    body = [[s["folder"], ", ".join(TIERS.get(t, t) for t in s["tiers"]) or "–", num(s["rows"]), num(s["errors"]),
+             secs(s["duration_s"]), when(s["finished_at"]), *energy(s)] for s in run["stages"]]
+    body.append(["total", "", "", "", secs(run["totals"]["duration_s"]), "", *energy(run["totals"])])
+    return head, body
+
+
+def _token_table(run: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["tier", "model", "stages", "requests", "prompt tokens", "output tokens", "stage time", "output tok/s"]
+    body = [[v["label"], v["model"] or "?", ", ".join(v["stages"]), num(v["requests"]), num(v["prompt_tokens"]),
+             num(v["output_tokens"]), secs(v["duration_s"]), num(v["tokens_per_s"])] for v in run["tokens"].values()]
+    return head, body
+
+
+def _validity_table(v: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [["kept (valid)", num(v["kept"]), pct(v["kept"] / v["generated"] if v["generated"] else None)]]
+    rows += [[k, num(n), pct(n / v["generated"] if v["generated"] else None)] for k, n in v["rejected"].items()]
+    return ["outcome", "instances", "share"], rows
+
+
+# ---- HTML ----------------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;font-size:16px;color:#222;
+margin:0;background:#fafafa}
+main{max-width:1180px;margin:0 auto;padding:24px 32px;background:#fff}
+h1{font-size:28px;margin:0 0 4px}h2{font-size:21px;margin:36px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#666;margin:0 0 16px}.note{background:#fff8e1;border-left:4px solid #f0b400;padding:10px 14px;margin:12px 0}
+.headline{background:#f3f7fb;border-radius:6px;padding:12px 16px 12px 36px;margin:12px 0;line-height:1.6}
+table{border-collapse:collapse;margin:10px 0;font-size:14px}th,td{border:1px solid #ddd;padding:5px 9px;
+vertical-align:top}th{background:#f2f2f2;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.wide{overflow-x:auto}.wide table{font-size:13px}.wide td,.wide th{padding:4px 6px}.wide td:first-child{white-space:nowrap}
+img{max-width:100%;height:auto;display:block;margin:8px 0}
+ul.tree>li{margin:10px 0}ul.tree ul{color:#444;font-size:15px}code{font-size:13px;color:#555}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+NUMERIC = re.compile(r"^[-+]?[\d,.]+(e[-+]?\d+)?( ?(s|min|h|%|×))?$|^–$")
+
+
+def _table(head: list[str], body: list[list[str]], first_text: int = 1) -> str:
+    """An HTML table; cells from column ``first_text`` on that hold a figure are right-aligned."""
+    def cell(i, c):
+        text = _e(c).replace("\n", "<br>")
+        return f'<td class="n">{text}</td>' if i >= first_text and NUMERIC.match(c) else f"<td>{text}</td>"
+    rows = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in body)
+    return f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{rows}</table>"
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _section(sid: str, title: str, *parts: str) -> str:
+    return f'<section id="{sid}"><h2>{_e(title)}</h2>{"".join(parts)}</section>'
+
+
+def render_html(run: dict, comp: dict | None = None) -> str:
+    """The whole report page for ``run`` (and the comparison table when ``comp`` is given)."""
+    out = [f"<h1>psi-ray run report: {_e(run['run_id'])}</h1>",
+           f'<p class="meta">{_e(run["path"])} · generated {_e(when(time.time()))}</p>',
+           '<ul class="headline">' + "".join(f"<li>{_e(x)}</li>" for x in headline(run, comp, notes=False)) + "</ul>"]
+    notes = (comp or {}).get("notes") or run["notes"]
+    out += [f'<p class="note"><b>Note.</b> {_e(n)}</p>' for n in notes]
+    if comp:
+        head, body = _compare_table(comp)
+        teacher = (f"Ratios divide each run's per-1K-valid figure by the teacher run {comp['teacher']}'s."
+                   if comp["teacher"] else "No finished teacher run is among these, so there are no ratios.")
+        chart = _img(fig_compare(comp["rows"]), "kWh per 1K valid instances by run") \
+            if any(r["per_1k"] for r in comp["rows"]) else ""
+        out.append(_section("compare", "Runs compared", f"<p>{_e(teacher)}</p>",
+                            f'<div class="wide">{_table(head, body, 3)}</div>', chart))
+    if run["stages"]:
+        status = "" if run["finished"] else (
+            f"<p>Unfinished: in progress {_e(', '.join(r['folder'] for r in run['running']) or 'none')}; "
+            f"not started {_e(', '.join(run['missing']) or 'none')}.</p>")
+        out.append(_section("timeline", "Stage timeline", status, _img(fig_timeline(run["stages"]), "stage timeline")))
+        head, body = _stage_table(run)
+        per = run["per_1k_valid"]
+        per_txt = (f"<p>Per 1K valid instances: <b>{num(per['energy_kwh'])} kWh</b>, "
+                   f"<b>{num(per['emissions_kg'])} kgCO2e</b> ({num(run['valid'])} valid).</p>") if per else ""
+        out.append(_section("energy", "Energy and emissions per stage",
+                            f"<p>Power source: {_e(power_text(run))}.</p>",
+                            _img(fig_energy(run["stages"]), "energy per stage") if run["measured"] else "",
+                            _table(head, body, 2), per_txt))
+    if run["tokens"]:
+        head, body = _token_table(run)
+        out.append(_section("throughput", "Throughput per model tier",
+                            "<p>Output tokens divided by the wall time of the stages the tier ran in (engine "
+                            "start-up included).</p>",
+                            _img(fig_throughput(run["tokens"], run["tokens_by_stage"]), "throughput per tier"),
+                            _table(head, body)))
+    if run["validity"]:
+        head, body = _validity_table(run["validity"])
+        out.append(_section("validity", "Validity and reject reasons",
+                            _img(fig_validity(run["validity"]), "validity and reject reasons"), _table(head, body)))
+    if run["principles"]:
+        items = "".join(
+            f"<li><b>{_e(h['id'])}</b> {_e(h['text'] or '(no text: ' + str(h['error']) + ')')} "
+            f'<span class="meta">(cluster {_e(h["cluster_id"])}, {len(h["members"])} low-level)</span><ul>'
+            + "".join(f"<li><code>{_e(m['id'])}</code> {_e(m['text'])}</li>" for m in h["members"]) + "</ul></li>"
+            for h in run["principles"])
+        out.append(_section("principles", "Principle tree", '<ul class="tree">' + items + "</ul>"))
+    if run["projection"]:
+        out.append(_section("projection", "Low-level principles in 2-D (PCA of their embeddings)",
+                            "<p>Each point is one low-level principle, coloured by its k-means cluster.</p>",
+                            _img(fig_projection(run["projection"]), "principle projection")))
+    if run["eval"]:
+        head, body = _eval_table(run["eval"])
+        out.append(_section("eval", "Evaluation scores", _table(head, body)))
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>psi-ray report: {_e(run['run_id'])}</title><style>{CSS}</style></head>"
+            f"<body><main>{''.join(out)}</main></body></html>\n")
+
+
+# ---- Markdown ------------------------------------------------------------------------------------------------
+
+def _md_table(head: list[str], body: list[list[str]]) -> str:
+    def esc(c):
+        return str(c).replace("|", "\\|").replace("\n", "<br>")
+    lines = ["| " + " | ".join(esc(h) for h in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def render_markdown(run: dict, comp: dict | None = None) -> str:
+    """The summary: headline, then the same tables as the page, without figures."""
+    out = [f"# psi-ray run report: {run['run_id']}", "", *(f"- {x}" for x in headline(run, comp)), ""]
+    if comp:
+        out += ["## Runs compared", "", _md_table(*_compare_table(comp)), ""]
+    if run["stages"]:
+        out += ["## Stages, energy and emissions", "", f"Power source: {power_text(run)}.", "",
+                _md_table(*_stage_table(run)), ""]
+    if run["tokens"]:
+        out += ["## Throughput per model tier", "", _md_table(*_token_table(run)), ""]
+    if run["validity"]:
+        out += ["## Validity and reject reasons", "", _md_table(*_validity_table(run["validity"])), ""]
+    if run["principles"]:
+        out += ["## Principle tree", ""]
+        for h in run["principles"]:
+            out.append(f"- **{h['id']}** {h['text']}".replace("\n", " "))
+            out += [f"  - `{m['id']}` {m['text']}".replace("\n", " ") for m in h["members"]]
+        out.append("")
+    if run["eval"]:
+        out += ["## Evaluation scores", "", _md_table(*_eval_table(run["eval"])), ""]
+    return "\n".join(out)
