@@ -40,10 +40,10 @@ def test_small_psi_run(tmp_path, adapter, seeds):
     for n in names:
         m = json.loads((run / n / "manifest.json").read_text())
         assert m["energy"]["energy_kwh"] > 0 and m["energy"]["emissions_kg"] > 0
-    import pyarrow.parquet as pq
+    from psi_ray.rundir import StageDir
 
-    high = set(pq.read_table(run / "04_summarize").column("principle_id").to_pylist())
-    inst = pq.read_table(run / "05_instances").to_pylist()
+    high = {r["principle_id"] for r in StageDir(run, 4, "summarize").read()}
+    inst = StageDir(run, 5, "instances").read()
     assert len(inst) == 8 and all(set(r["principle_ids"]) <= high and r["principle_ids"] for r in inst)
 
     import datasets
