@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -143,7 +144,7 @@ class JobConfig(Strict):
         return q if q.is_absolute() else Path(self.base_dir) / q
 
     def run_dir(self) -> Path:
-        return self.path(self.runs_dir) / self.resolved_run_id
+        return Path(os.path.normpath(self.path(self.runs_dir) / self.resolved_run_id))
 
     def digest(self, *sections: str) -> str:
         """A short hash of the named sections (all when none), recorded in manifests."""
