@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 
 from psi_ray.errors import require
 from psi_ray.stages import require_columns
@@ -41,9 +42,11 @@ class Deduper:
         self._perms, self._scheme = template.permutations, template.scheme  # shared: building them is costly
         capacity = max(capacity, 1000)
         self.exact = bloom.BloomFilter(capacity, 1e-7)
-        self.near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=capacity, fp=1e-6)
         self.seed_exact = bloom.BloomFilter(10_000, 1e-7)
-        self.seed_near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=10_000, fp=1e-6)
+        with warnings.catch_warnings():  # in memory on purpose: the index lives for one pass only
+            warnings.filterwarnings("ignore", message="Creating LSHBloom index without save directory")
+            self.near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=capacity, fp=1e-6)
+            self.seed_near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=10_000, fp=1e-6)
 
     def signature(self, text: str):
         m = self._ds.MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._perms,
