@@ -46,10 +46,11 @@ def test_small_psi_run(tmp_path, adapter, seeds):
     inst = StageDir(run, 5, "instances").read()
     assert len(inst) == 8 and all(set(r["principle_ids"]) <= high and r["principle_ids"] for r in inst)
 
-    import datasets
+    import pyarrow.parquet as pq
 
-    data = datasets.load_dataset("parquet", data_files=str(run / "07_dataset" / "data.parquet"), split="train")
-    assert data.column_names[:2] == ["id", "messages"]
+    data = pq.read_table(run / "07_dataset" / "data.parquet")  # may hold 0 rows: the 135M model is weak
+    assert data.schema.names[:2] == ["id", "messages"]
+    assert data.num_rows == json.loads((run / "07_dataset" / "manifest.json").read_text())["valid"]
     assert (run / "07_dataset" / "README.md").read_text().count("H0") >= 2  # the card lists the principles
     tree = run_cli("principles", str(run))
     assert tree.returncode == 0 and "H00" in tree.stdout
