@@ -149,7 +149,9 @@ def builtin_folder(name: str) -> Path:
         try:
             _convert_gguf(gguf, tmp)
             tmp.chmod(0o755)
-            os.replace(tmp, target) if not target.exists() else (shutil.rmtree(target), os.replace(tmp, target))
+            if target.exists():  # a folder left without config.json by an older, interrupted layout
+                shutil.rmtree(target)
+            os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target

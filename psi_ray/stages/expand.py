@@ -27,8 +27,7 @@ def build_prompts(seeds: list[dict], adapter, variants_per_seed: int) -> list[di
 
 def started_answer(adapter) -> list[dict]:
     """The assistant turn begun with the adapter's first label, so a small model keeps the format."""
-    label = adapter.format_example("", "").split(":")[0] + ":"
-    return [{"role": "assistant", "content": label}]
+    return [{"role": "assistant", "content": adapter.first_label}]
 
 
 def parse_one(adapter, raw: str, prefix: str) -> tuple[str, str, str | None]:

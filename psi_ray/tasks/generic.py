@@ -10,6 +10,7 @@ from psi_ray.tasks.base import read_records, require_columns, split_labelled
 class GenericAdapter:
     name = "generic"
     description = "instructions and helpful responses"
+    first_label = "Instruction:"  # how an example starts; the model's answer is begun with it
     answer_format = "The response answers the instruction completely."
 
     def load_seeds(self, path: Path) -> list[dict]:

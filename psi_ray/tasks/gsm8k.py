@@ -53,6 +53,7 @@ def final_answer(response: str) -> str | None:
 class GSM8KAdapter:
     name = "gsm8k"
     description = "grade-school math word problems solved step by step"
+    first_label = "Question:"  # how an example starts; the model's answer is begun with it
     answer_format = (
         "The answer explains each step; every calculation is written as <<expression=result>>, "
         "and the last line is '#### ' followed by the final number only."

@@ -20,6 +20,7 @@ ANSWER = re.compile(r"Answer\s*:\s*\(?([A-D])\b", re.IGNORECASE)
 class MMLUAdapter:
     name = "mmlu"
     description = "multiple-choice knowledge questions with four options"
+    first_label = "Question:"  # how an example starts; the model's answer is begun with it
     answer_format = "The question lists four options A. to D., each on its own line, then 'Answer: ' and one letter."
 
     def load_seeds(self, path: Path) -> list[dict]:
