@@ -7,6 +7,7 @@
   the head node (``ml_tier``) and M_g stages on the worker node (``mg_tier``).
 - Node failure: SIGKILL the worker node during instance generation, start it again; the job finishes or is
   resumed by re-submitting, and ``05_instances`` holds ids 0..N-1 exactly once.
+- Driver stopped mid-way (``ray job stop``): re-submitting resumes, keeping the finished shards byte for byte.
 """
 
 from __future__ import annotations
@@ -167,3 +168,30 @@ def test_worker_node_killed_during_instances(cluster, tmp_path):
     assert sorted(ids) == [f"inst-{i:07d}" for i in range(count)]  # none lost, none twice
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["rows"] == manifest["unique_ids"] == count
+    assert new_worker in manifest["nodes"]["generator"]  # the shards after the kill came from the new node
+    assert set(manifest["nodes"]["generator"]) <= {old_worker, new_worker}
+
+
+def test_stopped_job_resumes_on_resubmit(cluster, tmp_path):
+    """The driver dies mid-way (``ray job stop``): re-submitting the same job re-does only unfinished shards."""
+    count = 16
+    job = write_job(tmp_path, "restart", method="student", count=count, max_tokens=48)
+    res = psi_ray("submit", str(job), "--address", cluster.address, "--no-report", "--no-wait", env=cluster.env)
+    job_id = re.search(r"submitted job (\S+)", res.stdout).group(1)
+    client = cluster.client()
+    stage = tmp_path / "runs" / "restart-student" / "05_instances"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(stage.glob("part-*.parquet")):
+        assert str(client.get_job_status(job_id)) in ("PENDING", "RUNNING"), client.get_job_logs(job_id)[-4000:]
+        time.sleep(0.5)
+    client.stop_job(job_id)
+    assert wait_terminal(client, job_id, 60) == "STOPPED"
+    done = {p.name: p.read_bytes() for p in stage.glob("part-*.parquet")}
+    assert 1 <= len(done) < count // 4 and not (stage / "manifest.json").exists()
+
+    again = psi_ray("submit", str(job), "--address", cluster.address, "--no-report", env=cluster.env)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "resuming" in again.stdout and "[seeds] done already" in again.stdout, again.stdout[-4000:]
+    assert all((stage / name).read_bytes() == data for name, data in done.items())  # finished shards kept
+    assert sorted(instance_ids(stage)) == [f"inst-{i:07d}" for i in range(count)]
+    assert json.loads((stage / "manifest.json").read_text())["resumed_shards"] == len(done)
