@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from psi_ray import cli_cluster, cli_report
+from psi_ray import cli_cluster, cli_loop, cli_report
 from psi_ray.errors import PsiRayError
 
 
@@ -94,4 +94,4 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_show_prompt)
 
 
-REGISTER = [register, *cli_report.REGISTER, *cli_cluster.REGISTER]
+REGISTER = [register, *cli_loop.REGISTER, *cli_report.REGISTER, *cli_cluster.REGISTER]

@@ -101,6 +101,37 @@ class CarbonSpec(Strict):
     country_iso_code: str = Field("USA", min_length=3, max_length=3)
 
 
+class TrainSpec(Strict):
+    """Stage 8: fine-tune M_t on the dataset with Ray Train (``psi-ray train``; part of ``run`` when enabled)."""
+
+    enabled: bool = Field(False, description="fine-tune M_t at the end of `psi-ray run`")
+    model: str = Field("smollm2-135m", description="M_t: built-in name, local HF folder or hub id (needs a chat template)")
+    strategy: Literal["ddp", "deepspeed"] = Field(
+        "ddp", description="ddp (torch DDP; gloo on CPU, nccl on GPU) or deepspeed (ZeRO, see zero_stage)")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    lora: bool = Field(False, description="train LoRA adapters (peft) and merge them into the exported model")
+    lora_rank: int = Field(16, ge=1)
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (processes)")
+    cpus_per_worker: float = Field(1, gt=0)
+    use_gpu: bool = Field(False, description="one GPU per worker; bf16 with DeepSpeed")
+    epochs: float = Field(1, gt=0, description="passes over the dataset (fractions stop early)")
+    batch_size: int = Field(4, ge=1, description="examples per worker per step")
+    lr: float = Field(2e-5, gt=0)
+    max_seq_len: int = Field(384, ge=16, description="tokens per example; longer ones are cut")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (all epochs if unset)")
+
+
+class EvalSpec(Strict):
+    """Stages 9-10: serve base and fine-tuned M_t with Ray Serve and score both with lm-eval."""
+
+    enabled: bool = Field(False, description="serve and score M_t at the end of `psi-ray run`")
+    tasks: list[str] = Field(default_factory=lambda: ["gsm8k"], description="tasks shipped in the package")
+    limit: int | None = Field(50, ge=1, description="questions per task (the first N; all if unset)")
+    compare_base: bool = Field(True, description="also score the untrained M_t on the same questions")
+    max_gen_tokens: int = Field(256, ge=1, description="generation budget per answer")
+
+
 class JobConfig(Strict):
     """A whole psi-ray job."""
 
@@ -120,6 +151,8 @@ class JobConfig(Strict):
     instances: InstancesSpec = Field(default_factory=InstancesSpec)
     filter: FilterSpec = Field(default_factory=FilterSpec)
     shard_size: int = Field(50, ge=1, description="instances per shard: the unit of resume")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
     carbon: CarbonSpec = Field(default_factory=CarbonSpec)
     base_dir: str = Field(".", description="folder relative paths resolve against (set by load_config)")
 

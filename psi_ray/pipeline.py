@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from psi_ray import carbon
+from psi_ray import carbon, closing
 from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, read_parquet_rows
 from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize
@@ -176,7 +176,12 @@ def run(cfg: JobConfig) -> Path:
     made = r.stage(5, "instances", ("instances", "shard_size", "generator", "large"),
                    lambda sd: _instances(r, sd, seed_rows, high))
     kept = r.stage(6, "filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
-    r.stage(7, "dataset", (), lambda sd: dataset_stage(r, sd, kept, high))
+    data = r.stage(7, "dataset", (), lambda sd: dataset_stage(r, sd, kept, high))
+    trained = None
+    if cfg.train.enabled:
+        trained = r.stage(8, "train", ("train",), lambda sd: closing.train_stage(r, sd, data))
+    if cfg.eval.enabled:
+        r.stage(9, "eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, trained))
     return r.dir
 
 

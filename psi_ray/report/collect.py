@@ -185,7 +185,7 @@ def collect(run_dir) -> dict:
         per_1k = {k: totals[k] / valid * 1000 for k in PER_1K}
     tokens, tokens_by_stage = _tokens(stages, models)
     tree, points = _principles(run_dir, manifests)
-    scores = _read_json(run_dir / "eval" / "scores.json")
+    scores = _read_json(run_dir / "09_eval" / "scores.json") or _read_json(run_dir / "eval" / "scores.json")
     notes = [SAME_MODEL_NOTE.format(model=models["large"])] if models["same"] else []
     return {
         "run_id": run_dir.name, "path": str(run_dir), "method": method, "seed": cfg.get("seed"),

@@ -1,0 +1,133 @@
+"""CLI verbs that close the loop after the dataset: ``train``, ``serve``, ``eval``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from psi_ray.errors import PsiRayError
+
+
+def cmd_train(args) -> int:
+    """Fine-tune a target model M_t on a psi-ray dataset with Ray Train; re-running the same command resumes
+    from the last checkpoint. Writes an HF model folder (LoRA merged) to OUT/model."""
+    from psi_ray.config import TrainSpec
+    from psi_ray.train import train
+    from psi_ray.train.run import resolve_dataset
+
+    dataset = resolve_dataset(args.source)
+    fields = {k: getattr(args, k) for k in ("model", "strategy", "zero_stage", "num_workers", "epochs",
+                                             "batch_size", "lr", "max_seq_len", "max_steps", "checkpoint_every")
+              if getattr(args, k) is not None}
+    spec = _validated(TrainSpec, {**fields, "lora": args.lora, "use_gpu": args.gpu})
+    out = Path(args.out) if args.out else (Path(args.source) / "08_train" if Path(args.source).is_dir()
+                                           else dataset.parent / "train")
+    result = train(dataset, out, spec, seed=args.seed)
+    print(f"\n{result.steps} steps on {result.examples} examples in {result.seconds:.0f}s; "
+          f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}" + (f" (resumed from step {result.resumed_from})"
+                                                                    if result.resumed_from else ""))
+    print(f"model: {result.model_dir}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Serve a model folder (or built-in model) as an OpenAI-compatible API with Ray Serve: /v1/models,
+    /v1/completions (string or token-id prompts, echo, logprobs, stop) and /v1/chat/completions. Blocks until
+    Ctrl-C."""
+    from psi_ray import serve
+
+    url = serve.start(args.model, host=args.host, port=args.port, name=args.name, engine=args.engine,
+                      api_key_env=args.api_key_env, threads=args.threads, max_batch_size=args.max_batch_size,
+                      num_cpus=args.num_cpus)
+    print(f"serving {args.model} at {url} (Ctrl-C to stop)", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    serve.stop()
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Score an endpoint (http://HOST:PORT/v1) or a model folder (served for the run) with lm-eval on tasks
+    shipped in the package; prints the scores and writes OUT/scores.json plus per-question samples."""
+    from psi_ray.evaluate import TASKS, evaluate
+
+    out = Path(args.out) if args.out else Path("runs") / "eval" / _slug(args.target)
+    report = evaluate(args.target, args.tasks, out, limit=args.limit, tokenizer=args.tokenizer,
+                      api_key_env=args.api_key_env, max_gen_tokens=args.max_gen_tokens,
+                      concurrency=args.concurrency)
+    print(f"\n{'task':<8} {'metric':<30} value")
+    for task, metrics in report["tasks"].items():
+        for metric, value in metrics.items():
+            star = " *" if metric == TASKS[task].main_metric else ""
+            print(f"{task:<8} {metric:<30} {value:.4f}{star}")
+    print(f"\nscores: {out / 'scores.json'}")
+    return 0
+
+
+def _slug(target: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in target.rstrip("/").split("/")[-1]) or "model"
+
+
+def _validated(model, data: dict):
+    from pydantic import ValidationError
+
+    from psi_ray.config import format_validation_error
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PsiRayError(format_validation_error(exc, "arguments").replace("\n", " ")) from None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune M_t on a dataset with Ray Train", description=cmd_train.__doc__)
+    p.add_argument("source", metavar="RUN_DIR|DATASET", help="a run directory or a Parquet file with 'messages'")
+    p.add_argument("--model", default=None, help="M_t: built-in name, HF folder or hub id (default smollm2-135m)")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/08_train)")
+    p.add_argument("--strategy", choices=["ddp", "deepspeed"], default=None,
+                   help="ddp (default; gloo on CPU) or deepspeed (ZeRO; bf16 on GPU)")
+    p.add_argument("--zero-stage", type=int, choices=[2, 3], default=None, help="DeepSpeed ZeRO stage (default 2)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the exported model)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default 2)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the data (default 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per worker per step (default 4)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5, linear decay)")
+    p.add_argument("--max-seq-len", type=int, default=None, help="tokens per example (default 384)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (0 = per epoch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("serve", help="serve a model as an OpenAI-compatible API", description=cmd_serve.__doc__)
+    p.add_argument("model", metavar="MODEL_DIR", help="HF model folder (e.g. RUN_DIR/08_train/model) or built-in name")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", default=None, help="model name clients send (default: the folder name)")
+    p.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
+                   help="vllm via ray.serve.llm (default with CUDA) or hf, the own deployment (default on CPU)")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="require 'Authorization: Bearer <key>' with the key read from env var VAR")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in the replica (default: all cores)")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs the replica reserves from Ray (default 1)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="requests batched into one generate call")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("eval", help="score an endpoint or model with lm-eval", description=cmd_eval.__doc__)
+    p.add_argument("target", metavar="ENDPOINT|MODEL_DIR", help="http://HOST:PORT/v1, a model folder or a built-in")
+    p.add_argument("--tasks", default="gsm8k", help="comma-separated: gsm8k, mmlu (default gsm8k)")
+    p.add_argument("--limit", type=int, default=None, help="first N questions per task (default: all)")
+    p.add_argument("--out", default=None, help="output folder (default runs/eval/<name>)")
+    p.add_argument("--tokenizer", default=None, help="the endpoint model's tokenizer folder (log-likelihood tasks)")
+    p.add_argument("--api-key-env", default=None, metavar="VAR", help="env var holding the endpoint's API key")
+    p.add_argument("--max-gen-tokens", type=int, default=256, help="generation budget per answer (default 256)")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    p.set_defaults(func=cmd_eval)
+
+
+REGISTER = [register]

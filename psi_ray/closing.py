@@ -1,0 +1,55 @@
+"""Stages 8-10 of a run, closing the loop: train M_t on the dataset, serve it, score it against the base.
+
+``train.enabled`` adds ``08_train/`` (Ray Train; ``model/`` is the fine-tuned HF folder, ``ray/`` the
+checkpoint and resume state); ``eval.enabled`` adds ``09_eval/``: each model is served with Ray Serve in turn
+and scored by lm-eval on the same questions; ``scores.json`` holds base vs fine-tuned per task and metric,
+which the run report shows as a table.
+"""
+
+from __future__ import annotations
+
+import json
+
+from psi_ray.rundir import StageDir, atomic_write_text
+
+
+def train_stage(r, sd: StageDir, dataset_sd: StageDir):
+    """Fine-tune ``train.model`` on the run's dataset; the manifest records steps, losses and the model folder."""
+    from psi_ray.train import train
+
+    result = train(dataset_sd.path / "data.parquet", sd.path, r.cfg.train, seed=r.cfg.seed)
+    return None, {"rows": result.examples, "steps": result.steps, "first_loss": result.losses[0],
+                  "final_loss": result.losses[-1], "losses": result.losses, "model": str(result.model_dir),
+                  "strategy": r.cfg.train.strategy, "lora": r.cfg.train.lora, "resumed_from": result.resumed_from,
+                  "train_seconds": result.seconds}
+
+
+def eval_stage(r, sd: StageDir, trained: StageDir | None):
+    """Serve and score the base M_t (if asked) and the fine-tuned one on the same questions."""
+    from psi_ray.evaluate import TASKS, evaluate
+
+    ec = r.cfg.eval
+    models = {}
+    if ec.compare_base or trained is None:
+        models["base"] = r.cfg.train.model
+    if trained is not None:
+        models["finetuned"] = str(trained.path / "model")
+    reports = {label: evaluate(model, ec.tasks, sd.path / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens)
+               for label, model in models.items()}
+    scores = table(reports)
+    atomic_write_text(sd.path / "scores.json", json.dumps(
+        {"limit": ec.limit, "tasks": scores, "models": {k: v["model"] for k, v in reports.items()},
+         "main_metric": {t: TASKS[t].main_metric for t in ec.tasks}}, indent=2))
+    return None, {"rows": len(scores), "scores": scores, "limit": ec.limit}
+
+
+def table(reports: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``{"<task> <metric>": {"base": x, "finetuned": y}}`` from each model's ``evaluate`` report."""
+    out: dict[str, dict[str, float]] = {}
+    for label, report in reports.items():
+        for task, metrics in report["tasks"].items():
+            for metric, value in metrics.items():
+                name, _, flt = metric.partition(",")
+                key = f"{task} {name}" + (f" ({flt})" if flt and flt != "none" else "")
+                out.setdefault(key, {})[label] = value
+    return out

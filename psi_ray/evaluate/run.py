@@ -1,0 +1,149 @@
+"""lm-eval against an OpenAI-compatible endpoint, with the package's own task YAMLs (no hub needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from psi_ray.errors import PsiRayError, require
+
+HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Task:
+    lm_eval_name: str
+    kind: str  # "generate" (chat completions) or "loglikelihood" (completions with echo + logprobs)
+    main_metric: str
+
+
+TASKS = {
+    "gsm8k": Task("psi_gsm8k", "generate", "exact_match,strict-match"),
+    "mmlu": Task("psi_mmlu", "loglikelihood", "acc,none"),
+}
+
+
+def parse_tasks(text: str | list[str]) -> list[str]:
+    names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise PsiRayError(f"unknown task(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(TASKS)}")
+    return names
+
+
+def write_task_dir(folder: Path) -> Path:
+    """The task YAMLs with the data path filled in, in ``folder`` (lm-eval's ``include_path``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in (HERE / "tasks").glob("*.yaml"):
+        (folder / src.name).write_text(src.read_text().replace("__DATA__", str(HERE / "data")))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def endpoint(target: str, port: int | None = None, api_key_env: str | None = None):
+    """Yield ``(base_url, tokenizer_path or None)``: a URL as given, or a model folder served for the duration."""
+    if target.startswith(("http://", "https://")):
+        yield target.rstrip("/").removesuffix("/v1") + "/v1", None
+        return
+    from psi_ray import serve
+    from psi_ray.models import resolve_model
+
+    model_dir = resolve_model(target)
+    url = serve.start(model_dir, port=port or free_port(), api_key_env=api_key_env, engine="hf",
+                      threads=os.cpu_count())
+    try:
+        yield url, model_dir
+    finally:
+        serve.stop()
+
+
+def served_name(base_url: str, api_key: str | None) -> str:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(f"{base_url}/models", headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise PsiRayError(f"cannot reach {base_url}/models: {exc}") from None
+    if r.status_code != 200:
+        raise PsiRayError(f"{base_url}/models answered {r.status_code}: {r.text[:200]}")
+    return r.json()["data"][0]["id"]
+
+
+def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | None = None,
+             tokenizer: str | None = None, api_key_env: str | None = None, max_gen_tokens: int = 256,
+             concurrency: int = 16) -> dict:
+    """Score ``target`` (endpoint URL or model) on ``tasks``; write lm-eval's outputs and ``scores.json``."""
+    require("lm_eval", "evaluation", package="lm-eval[api]")
+    tasks = parse_tasks(tasks)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+    with endpoint(target, api_key_env=api_key_env) as (base_url, served_tokenizer):
+        tokenizer = tokenizer or served_tokenizer
+        name = served_name(base_url, api_key)
+        scores, samples = {}, {}
+        with tempfile.TemporaryDirectory() as tmp:
+            include = write_task_dir(Path(tmp))
+            for task in tasks:
+                spec = TASKS[task]
+                if spec.kind == "loglikelihood" and not tokenizer:
+                    raise PsiRayError(f"task {task} scores log-likelihoods of token ids: pass --tokenizer "
+                                      "MODEL_DIR (the served model's tokenizer)")
+                result = _run_lm_eval(spec, base_url, name, tokenizer, include, limit, max_gen_tokens,
+                                      concurrency, api_key)
+                scores[task] = {k: float(v) for k, v in result["results"][spec.lm_eval_name].items()
+                                if "," in k and "_stderr" not in k}
+                samples[task] = result.get("samples", {}).get(spec.lm_eval_name, [])
+                _write_samples(out_dir / f"samples_{task}.jsonl", samples[task])
+    report = {"model": target, "served_name": name, "endpoint": base_url, "limit": limit, "tasks": scores,
+              "main_metric": {t: TASKS[t].main_metric for t in tasks}}
+    (out_dir / "scores.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _run_lm_eval(spec: Task, base_url: str, name: str, tokenizer: str | None, include: Path,
+                 limit: int | None, max_gen_tokens: int, concurrency: int, api_key: str) -> dict:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    if spec.kind == "generate":
+        model = "local-chat-completions"
+        args = {"base_url": f"{base_url}/chat/completions", "model": name, "num_concurrent": concurrency,
+                "max_retries": 3, "tokenized_requests": False, "max_gen_toks": max_gen_tokens}
+    else:
+        model = "local-completions"
+        args = {"base_url": f"{base_url}/completions", "model": name, "tokenizer_backend": "huggingface",
+                "tokenizer": tokenizer, "batch_size": concurrency, "max_retries": 3}
+    old_key = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = api_key  # lm-eval's local API models read the bearer key from here
+    try:
+        return lm_eval.simple_evaluate(
+            model=model, model_args=args, tasks=[spec.lm_eval_name], task_manager=TaskManager(include_path=str(include)),
+            limit=limit, apply_chat_template=spec.kind == "generate", log_samples=True,
+            gen_kwargs=f"max_gen_toks={max_gen_tokens}" if spec.kind == "generate" else None)
+    except Exception as exc:
+        raise PsiRayError(f"lm-eval failed on {spec.lm_eval_name}: {str(exc).strip().splitlines()[-1:]}") from None
+    finally:
+        if old_key is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = old_key
+
+
+def _write_samples(path: Path, samples: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps({k: s.get(k) for k in ("doc_id", "doc", "target", "resps", "filtered_resps",
+                                                       "exact_match", "acc")}, default=str) + "\n")

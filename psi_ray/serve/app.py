@@ -1,0 +1,183 @@
+"""Stage 9, serve: a Ray Serve app with OpenAI-compatible ``/v1/models``, ``/v1/completions`` and
+``/v1/chat/completions``.
+
+Two engines behind the same URLs:
+- ``hf`` (the own deployment, the default without CUDA): a FastAPI ingress whose replica holds a
+  :class:`~psi_ray.serve.engine.CompletionEngine`. Concurrent requests are gathered by ``@serve.batch`` into one
+  ``generate`` call; ``echo`` + ``logprobs`` give exact per-token log-probabilities (what lm-eval's
+  multiple-choice tasks need). Optional bearer API key; every bad request gets a JSON 4xx.
+- ``vllm`` (the default with CUDA): ``ray.serve.llm.build_openai_app`` with vLLM's engine. On the 2-CPU
+  machines this project is developed on its replica never answered (placement group took both CPUs), so CPU
+  serving uses ``hf``.
+
+``build_app({"model": DIR, ...})`` is the Serve application builder (``serve run psi_ray.serve.app:build_app
+model=DIR``, or a KubeRay RayService ``import_path``); ``psi-ray serve MODEL_DIR`` calls :func:`start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from psi_ray.serve.engine import CompletionEngine, GenSettings
+from psi_ray.serve.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    check_auth,
+    check_budget,
+    completion_response,
+    models_response,
+    parse,
+)
+
+APP_NAME = "psi-ray"
+CHAT_DEFAULT_MAX_TOKENS = 512
+
+api = FastAPI(title="psi-ray OpenAI-compatible server")
+
+
+@api.exception_handler(APIError)
+async def _api_error(request: Request, exc: APIError):
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=10)
+@serve.ingress(api)
+class OpenAIServer:
+    """One replica: the model, its name, the API key; batches concurrent generations."""
+
+    def __init__(self, model_dir: str, name: str, api_key: str | None = None, threads: int | None = None,
+                 max_batch_size: int = 32):
+        self.engine = CompletionEngine(model_dir, threads=threads)
+        self.name = name
+        self._api_key = api_key
+        self._lock = threading.Lock()  # one forward pass at a time: generation and scoring share the cores
+        self.generate_batch.set_max_batch_size(max_batch_size)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIServer(name={self.name!r})"
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
+    async def generate_batch(self, jobs: list[tuple[list[int], GenSettings]]):
+        return await asyncio.to_thread(self._locked, self.engine.generate, [j[0] for j in jobs],
+                                       [j[1] for j in jobs])
+
+    def _locked(self, fn, *args):
+        with self._lock:
+            return fn(*args)
+
+    def _check(self, request: Request, model: str | None = None) -> None:
+        check_auth(request.headers.get("authorization"), self._api_key)
+        if model is not None and model != self.name:
+            raise APIError(404, f"model '{model}' is not served here; this server serves '{self.name}'",
+                           kind="not_found_error", param="model")
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        self._check(request)
+        return models_response(self.name)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        self._check(request)
+        req = parse(await request.body(), CompletionRequest)
+        self._check(request, req.model)
+        prompts = [self._prompt_ids(p) for p in req.prompts()]
+        for ids in prompts:
+            check_budget(len(ids), req.max_tokens, self.engine.max_model_len)
+            if req.max_tokens == 0 and not req.echo:
+                raise APIError(400, "max_tokens 0 is only allowed with echo", param="max_tokens")
+        settings = GenSettings(req.max_tokens, req.temperature, req.top_p, req.stops(), req.seed)
+        jobs = [(ids, settings) for ids in prompts for _ in range(req.n)]
+        done = await asyncio.gather(*(self.generate_batch(j) for j in jobs))
+        choices = []
+        for i, ((ids, _), c) in enumerate(zip(jobs, done, strict=True)):
+            text = (self.engine.decode(ids) if req.echo else "") + c.text
+            choice = {"index": i, "text": text, "finish_reason": c.finish_reason, "logprobs": None,
+                      "_tokens": len(c.token_ids)}
+            if req.logprobs is not None:
+                scored = await asyncio.to_thread(self._locked, self.engine.score, ids + c.token_ids, req.logprobs)
+                choice["logprobs"] = scored if req.echo else {k: v[len(ids):] for k, v in scored.items()}
+            choices.append(choice)
+        return completion_response(self.name, choices, sum(len(p) for p in prompts))
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        from psi_ray.backends.base import render_prompt
+
+        self._check(request)
+        req = parse(await request.body(), ChatRequest)
+        self._check(request, req.model)
+        ids = self.engine.encode(render_prompt(self.engine.tokenizer, [m.model_dump() for m in req.messages]))
+        room = self.engine.max_model_len - len(ids)
+        max_tokens = req.max_tokens if req.max_tokens is not None else max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
+        if max_tokens == 0:
+            raise APIError(400, "max_tokens must be at least 1", param="max_tokens")
+        check_budget(len(ids), max_tokens, self.engine.max_model_len)
+        settings = GenSettings(max_tokens, req.temperature, req.top_p, req.stops(), req.seed)
+        done = await asyncio.gather(*(self.generate_batch((ids, settings)) for _ in range(req.n)))
+        choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
+                    "finish_reason": c.finish_reason, "_tokens": len(c.token_ids)} for i, c in enumerate(done)]
+        return completion_response(self.name, choices, len(ids), kind="chat.completion")
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.engine.encode(prompt)
+        else:
+            ids = list(prompt)
+            bad = [t for t in ids if not 0 <= t < self.engine.vocab_size]
+            if bad:
+                raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{self.engine.vocab_size - 1})",
+                               param="prompt")
+        if not ids:
+            raise APIError(400, "prompt is empty", param="prompt")
+        return ids
+
+
+def build_app(args: dict):
+    """Serve application builder. ``args``: ``model`` (folder or built-in), ``name``, ``engine`` (auto, hf,
+    vllm), ``api_key_env`` (env var holding the bearer key), ``threads``, ``max_batch_size``, ``num_cpus``,
+    ``num_gpus``."""
+    from psi_ray.errors import PsiRayError
+    from psi_ray.models import resolve_model
+
+    model = resolve_model(str(args["model"]))
+    name = args.get("name") or Path(model).name
+    api_key = os.environ.get(args["api_key_env"]) if args.get("api_key_env") else None
+    if args.get("api_key_env") and not api_key:
+        raise PsiRayError(f"--api-key-env names {args['api_key_env']}, but that environment variable is empty")
+    engine = args.get("engine", "auto")
+    if engine == "auto":
+        engine = "vllm" if _has_cuda() else "hf"
+    if engine == "vllm":
+        from psi_ray.serve.vllm_app import build_vllm_app
+
+        if api_key:
+            raise PsiRayError("the vllm engine (ray.serve.llm) takes no API key here; use --engine hf for a key")
+        return build_vllm_app(model, name, args)
+    if engine != "hf":
+        raise PsiRayError(f"unknown serve engine '{engine}'; choose auto, hf or vllm")
+    gpus = float(args.get("num_gpus", 1 if _has_cuda() else 0))
+    return OpenAIServer.options(
+        ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": gpus},
+    ).bind(model, name, api_key, _int(args.get("threads")), int(args.get("max_batch_size", 32)))
+
+
+def _int(v) -> int | None:
+    return int(v) if v not in (None, "") else None
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,148 @@
+"""The model behind the own Serve deployment: transformers, batched generation and exact log-probabilities.
+
+``generate`` takes token-id prompts (the server tokenizes strings and renders chat messages first) and a list
+of per-request settings, runs one left-padded ``generate`` call per group of equal settings, and cuts each
+output at its stop strings. ``score`` runs one unpadded forward pass per sequence and returns the
+log-probability of every token given the ones before it, as ``lm_eval --model hf`` computes it, plus the top-k
+alternatives, so ``/v1/completions`` with ``echo`` and ``logprobs`` gives lm-eval the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from psi_ray.backends.base import cut_at_stop
+from psi_ray.errors import require
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """What one completion asks for; requests with equal settings share a ``generate`` call."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    logprobs: dict | None = field(default=None)
+
+
+class CompletionEngine:
+    """One HF causal LM in float32 (CPU) or bf16 (CUDA), with its tokenizer."""
+
+    def __init__(self, model_dir: str, threads: int | None = None, device: str | None = None):
+        torch = require("torch", "serving a model")
+        transformers = require("transformers", "serving a model")
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        self.lm = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            self.tokenizer.eos_token_id
+        eos = self.lm.generation_config.eos_token_id
+        self.eos_ids = {t for t in (eos if isinstance(eos, list) else [eos]) if t is not None}
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.max_model_len = int(getattr(self.lm.config, "max_position_embeddings", 2048) or 2048)
+        self.vocab_size = int(self.lm.config.vocab_size)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def generate(self, prompts: list[list[int]], settings: list[GenSettings]) -> list[Completion]:
+        """One completion per prompt; prompts with equal settings run as one batch."""
+        out: list[Completion | None] = [None] * len(prompts)
+        groups: dict[GenSettings, list[int]] = {}
+        for i, s in enumerate(settings):
+            groups.setdefault(s, []).append(i)
+        for s, members in groups.items():
+            if s.max_tokens == 0:
+                for i in members:
+                    out[i] = Completion([], "", "length")
+                continue
+            for i, c in zip(members, self._generate_group([prompts[i] for i in members], s), strict=True):
+                out[i] = c
+        return out  # type: ignore[return-value]
+
+    def _generate_group(self, prompts: list[list[int]], s: GenSettings) -> list[Completion]:
+        torch = self.torch
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        kwargs = dict(max_new_tokens=s.max_tokens, pad_token_id=self.pad_id)
+        if s.temperature > 0:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
+            if s.seed is not None:
+                torch.manual_seed(s.seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if s.stop:
+            kwargs["stopping_criteria"] = [_StopOnText(self.tokenizer, width, s.stop)]
+        with torch.inference_mode():
+            seqs = self.lm.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        results = []
+        for row in seqs[:, width:].tolist():
+            new, finish = [], "length"
+            for t in row:
+                if t in self.eos_ids:
+                    finish = "stop"
+                    break
+                new.append(t)
+            text, stopped = cut_at_stop(self.decode(new), s.stop)
+            if stopped:
+                finish = "stop"
+                new = self.encode(text)
+            results.append(Completion(new, text, finish))
+        return results
+
+    def score(self, ids: list[int], top_k: int) -> dict:
+        """Log-probabilities of ``ids[1:]`` given their prefixes, in the OpenAI ``logprobs`` layout."""
+        torch = self.torch
+        tokens = [self.tokenizer.decode([t]) for t in ids]
+        token_logprobs: list[float | None] = [None]
+        top: list[dict | None] = [None]
+        if len(ids) > 1:
+            with torch.inference_mode():
+                logits = self.lm(torch.tensor([ids], device=self.device)).logits[0, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            target = torch.tensor(ids[1:], device=logp.device)
+            token_logprobs += logp.gather(1, target[:, None])[:, 0].tolist()
+            k = max(1, top_k)
+            values, indices = logp.topk(k, dim=-1)
+            for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True):
+                top.append({self.tokenizer.decode([i]): v for i, v in zip(idxs, vals, strict=True)})
+        offsets, pos = [], 0
+        for t in tokens:
+            offsets.append(pos)
+            pos += len(t)
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+class _StopOnText:
+    """Finish a sequence once its generated text contains a stop string (OpenAI semantics: anywhere in the
+    text, not only at a token boundary, which transformers' ``stop_strings`` does not promise)."""
+
+    def __init__(self, tokenizer, prompt_width: int, stop: tuple[str, ...]):
+        self.tokenizer, self.width, self.stop = tokenizer, prompt_width, stop
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)

@@ -1,0 +1,141 @@
+"""The driver side of training: a Ray Train ``TorchTrainer``, resume, and the exported HF folder.
+
+Ray Train keeps its state under ``OUT/ray/``: checkpoints (one kept) and the run snapshot. Starting again with
+the same output folder resumes from the last checkpoint: Ray Train finds the snapshot and every worker gets
+the checkpoint from ``ray.train.get_checkpoint()``. The final model is written to ``OUT/model`` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from psi_ray.config import TrainSpec
+from psi_ray.errors import PsiRayError, require
+from psi_ray.train.loop import MODEL, STATE
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    examples: int
+    losses: list[float]
+    seconds: float
+    resumed_from: int
+
+
+def resolve_dataset(source: str | Path) -> Path:
+    """A run directory (its ``07_dataset/data.parquet``) or a Parquet file → the dataset file."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "07_dataset" / "data.parquet"
+    if not path.is_file():
+        raise PsiRayError(f"no dataset at {path}: pass a run directory with a finished dataset stage or a Parquet file")
+    return path
+
+
+def check_resources(spec: TrainSpec) -> None:
+    """Fail with one line, before Ray schedules anything, when the requested workers cannot run here."""
+    if spec.use_gpu:
+        torch = require("torch", "training")
+        if not torch.cuda.is_available():
+            raise PsiRayError("train.use_gpu is set but this machine has no CUDA GPU; set use_gpu: false")
+    if spec.strategy == "deepspeed":
+        require("deepspeed", "training with DeepSpeed")
+    if spec.lora:
+        require("peft", "LoRA training")
+
+
+def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int = 0) -> TrainResult:
+    """Fine-tune ``spec.model`` on ``dataset``; resume from ``out_dir`` if a run was interrupted there."""
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from psi_ray.models import resolve_model
+    from psi_ray.pipeline import init_ray
+
+    dataset = resolve_dataset(dataset)
+    check_resources(spec)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_model(spec.model)
+    init_ray()
+    cpus = ray.cluster_resources().get("CPU", 1)
+    threads = max(1, int(spec.cpus_per_worker)) if spec.num_workers > 1 else max(1, int(cpus))
+    loop_cfg = {**spec.model_dump(), "model_path": model_path, "dataset": str(dataset), "seed": seed,
+                "threads": threads}
+    if spec.strategy == "deepspeed":
+        os.environ.setdefault("DS_BUILD_OPS", "0")
+    trainer = TorchTrainer(
+        _loop,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
+                                     resources_per_worker={"CPU": spec.cpus_per_worker}),
+        run_config=RunConfig(name="train", storage_path=str(out_dir / "ray"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    resumed_from = _last_step(out_dir)
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker failures; show the root cause on one line
+        raise PsiRayError(f"training failed: {_root_cause(exc)}") from None
+    if result.checkpoint is None:
+        raise PsiRayError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = json.loads((Path(folder) / STATE).read_text())
+        export(Path(folder) / MODEL, model_path, out_dir / "model", spec.lora)
+    return TrainResult(out_dir / "model", state["step"], int(result.metrics.get("examples", 0)),
+                       state["losses"], time.time() - started, resumed_from)
+
+
+def _loop(cfg):
+    """Module-level so Ray pickles a reference, not the function body."""
+    from psi_ray.train.loop import train_loop
+
+    train_loop(cfg)
+
+
+def _last_step(out_dir: Path) -> int:
+    """The step of the newest checkpoint already under ``out_dir`` (0 for a fresh run)."""
+    steps = [json.loads(p.read_text())["step"] for p in (out_dir / "ray").glob(f"train/checkpoint_*/{STATE}")]
+    return max(steps, default=0)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def export(checkpoint_model: Path, base_path: str, target: Path, lora: bool) -> Path:
+    """Write the trained model as a plain HF folder at ``target`` (LoRA adapters merged into the base)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
+    try:
+        if lora:
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+            model = PeftModel.from_pretrained(base, str(checkpoint_model)).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(checkpoint_model), dtype=torch.float32)
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(checkpoint_model)).save_pretrained(tmp)
+        tmp.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,43 @@
+"""The serving engine: exact per-token log-probabilities, batched generation equal to one-by-one, stops."""
+
+import pytest
+import torch
+
+from psi_ray.serve.engine import CompletionEngine, GenSettings
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return CompletionEngine(str(tiny_model), threads=1)
+
+
+def test_score_is_log_softmax_of_the_next_token(engine):
+    ids = engine.encode("Question: What is 2 + 3? Answer: 5")
+    out = engine.score(ids, top_k=2)
+    with torch.inference_mode():
+        logp = torch.log_softmax(engine.lm(torch.tensor([ids])).logits[0].float(), -1)
+    expected = [logp[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+    assert out["token_logprobs"][0] is None and out["top_logprobs"][0] is None
+    assert out["token_logprobs"][1:] == pytest.approx(expected, abs=1e-6)
+    assert all(len(t) <= 2 and max(t.values()) >= lp - 1e-6
+               for t, lp in zip(out["top_logprobs"][1:], out["token_logprobs"][1:], strict=True))
+    assert "".join(out["tokens"]) == engine.decode(ids)
+
+
+def test_batched_greedy_equals_one_by_one(engine):
+    prompts = [engine.encode(t) for t in ("Question: What is", "principles of math word problems", "2 + 3")]
+    greedy = GenSettings(max_tokens=6, temperature=0)
+    batched = engine.generate(prompts, [greedy] * 3)
+    single = [engine.generate([p], [greedy])[0] for p in prompts]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    assert all(c.finish_reason in ("length", "stop") for c in batched)
+
+
+def test_stop_strings_cut_the_text(engine):
+    p = engine.encode("Question: What is")
+    free = engine.generate([p], [GenSettings(max_tokens=12, temperature=0)])[0]
+    assert len(free.text) > 2
+    stop = free.text[2:4]
+    cut = engine.generate([p], [GenSettings(max_tokens=12, temperature=0, stop=(stop,))])[0]
+    assert cut.finish_reason == "stop" and stop not in cut.text and free.text.startswith(cut.text)
+    assert engine.generate([p], [GenSettings(max_tokens=0)])[0].text == ""

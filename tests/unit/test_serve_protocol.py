@@ -1,0 +1,55 @@
+"""The OpenAI request layer: every malformed request becomes a 4xx with a message naming the problem."""
+
+import pytest
+
+from psi_ray.serve.protocol import APIError, ChatRequest, CompletionRequest, check_auth, check_budget, parse
+
+
+def status(body: bytes, schema=CompletionRequest):
+    with pytest.raises(APIError) as info:
+        parse(body, schema)
+    return info.value
+
+
+@pytest.mark.parametrize("body, param, words", [
+    (b"{not json", None, "not valid JSON"),
+    (b"[1, 2]", None, "JSON object"),
+    (b'{"max_tokens": 3}', "prompt", "Field required"),
+    (b'{"prompt": "x", "max_tokens": "many"}', "max_tokens", "valid integer"),
+    (b'{"prompt": "x", "max_tokens": -1}', "max_tokens", "greater than or equal"),
+    (b'{"prompt": "x", "temperature": "hot"}', "temperature", "valid number"),
+    (b'{"prompt": "x", "logprobs": 99}', "logprobs", "less than or equal"),
+    (b'{"prompt": "x", "stream": true}', "stream", "streaming is not supported"),
+    (b'\xff\xfe', None, "not valid JSON"),
+])
+def test_bad_completion_requests(body, param, words):
+    err = status(body)
+    assert err.status == 400 and err.param == param and words in err.message
+    assert err.body()["error"]["message"] == err.message
+
+
+def test_bad_chat_requests():
+    assert "messages" in status(b'{"model": "m"}', ChatRequest).message
+    assert status(b'{"messages": []}', ChatRequest).param == "messages"
+    assert status(b'{"messages": [{"role": "wizard", "content": "x"}]}', ChatRequest).param.startswith("messages")
+
+
+def test_prompt_shapes():
+    assert parse(b'{"prompt": "hi"}', CompletionRequest).prompts() == ["hi"]
+    assert parse(b'{"prompt": [1, 2, 3]}', CompletionRequest).prompts() == [[1, 2, 3]]
+    assert parse(b'{"prompt": [[1], [2, 3]]}', CompletionRequest).prompts() == [[1], [2, 3]]
+    assert parse(b'{"prompt": ["a", "b"]}', CompletionRequest).prompts() == ["a", "b"]
+    req = parse(b'{"prompt": "x", "stop": "Q:"}', CompletionRequest)
+    assert req.stops() == ("Q:",) and req.max_tokens == 16
+
+
+def test_auth_and_budget():
+    check_auth(None, None)
+    check_auth("Bearer k", "k")
+    for header in (None, "Bearer wrong", "k"):
+        with pytest.raises(APIError) as info:
+            check_auth(header, "k")
+        assert info.value.status == 401 and "k" not in info.value.message.replace("key", "")
+    check_budget(10, 20, 30)
+    with pytest.raises(APIError, match="exceeds the model's context of 30"):
+        check_budget(10, 21, 30)
