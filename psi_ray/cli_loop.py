@@ -115,7 +115,7 @@ def register(sub) -> None:
                    help="require 'Authorization: Bearer <key>' with the key read from env var VAR")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the replica (default: all cores)")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs the replica reserves from Ray (default 1)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="requests batched into one generate call")
+    p.add_argument("--max-batch-size", type=int, default=64, help="requests batched into one generate call")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="score an endpoint or model with lm-eval", description=cmd_eval.__doc__)
@@ -126,7 +126,8 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", default=None, help="the endpoint model's tokenizer folder (log-likelihood tasks)")
     p.add_argument("--api-key-env", default=None, metavar="VAR", help="env var holding the endpoint's API key")
     p.add_argument("--max-gen-tokens", type=int, default=256, help="generation budget per answer (default 256)")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    p.add_argument("--concurrency", type=int, default=64,
+                   help="requests in flight; the server batches them into one generate call (default 64)")
     p.set_defaults(func=cmd_eval)
 
 

@@ -34,7 +34,8 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
         models["base"] = r.cfg.train.model
     if trained is not None:
         models["finetuned"] = str(trained.path / "model")
-    reports = {label: evaluate(model, ec.tasks, sd.path / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens)
+    reports = {label: evaluate(model, ec.tasks, sd.path / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens,
+                                      concurrency=ec.concurrency)
                for label, model in models.items()}
     scores = table(reports)
     atomic_write_text(sd.path / "scores.json", json.dumps(

@@ -130,6 +130,7 @@ class EvalSpec(Strict):
     limit: int | None = Field(50, ge=1, description="questions per task (the first N; all if unset)")
     compare_base: bool = Field(True, description="also score the untrained M_t on the same questions")
     max_gen_tokens: int = Field(256, ge=1, description="generation budget per answer")
+    concurrency: int = Field(64, ge=1, description="requests in flight; the server batches them")
 
 
 class JobConfig(Strict):

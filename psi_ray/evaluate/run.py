@@ -83,7 +83,7 @@ def served_name(base_url: str, api_key: str | None) -> str:
 
 def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | None = None,
              tokenizer: str | None = None, api_key_env: str | None = None, max_gen_tokens: int = 256,
-             concurrency: int = 16) -> dict:
+             concurrency: int = 64) -> dict:
     """Score ``target`` (endpoint URL or model) on ``tasks``; write lm-eval's outputs and ``scores.json``."""
     require("lm_eval", "evaluation", package="lm-eval[api]")
     tasks = parse_tasks(tasks)

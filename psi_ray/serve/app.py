@@ -54,7 +54,7 @@ class OpenAIServer:
     """One replica: the model, its name, the API key; batches concurrent generations."""
 
     def __init__(self, model_dir: str, name: str, api_key: str | None = None, threads: int | None = None,
-                 max_batch_size: int = 32):
+                 max_batch_size: int = 64):
         self.engine = CompletionEngine(model_dir, threads=threads)
         self.name = name
         self._api_key = api_key
@@ -64,7 +64,7 @@ class OpenAIServer:
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIServer(name={self.name!r})"
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.05)
     async def generate_batch(self, jobs: list[tuple[list[int], GenSettings]]):
         return await asyncio.to_thread(self._locked, self.engine.generate, [j[0] for j in jobs],
                                        [j[1] for j in jobs])
@@ -167,7 +167,7 @@ def build_app(args: dict):
     gpus = float(args.get("num_gpus", 1 if _has_cuda() else 0))
     return OpenAIServer.options(
         ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": gpus},
-    ).bind(model, name, api_key, _int(args.get("threads")), int(args.get("max_batch_size", 32)))
+    ).bind(model, name, api_key, _int(args.get("threads")), int(args.get("max_batch_size", 64)))
 
 
 def _int(v) -> int | None:
