@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/serve_load.py
 
 lint: install
 	$(BIN)/ruff check psi_ray tests bench

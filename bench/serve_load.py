@@ -1,0 +1,94 @@
+"""Load on the served model: N completion requests at concurrency C, errors, requests/s, p50/p99 latency.
+
+Serves the built-in model with ``psi-ray``'s Ray Serve app (or hits ``--endpoint``), sends ``--requests``
+short completion requests with ``--concurrency`` in flight, and counts every non-200 answer as an error.
+Unless ``--no-compare``, the same smaller load is then sent with Serve's batching off (max_batch_size 1)
+and the batched/unbatched throughput ratio is printed, both measured in this one run.
+Run: ``make bench`` or ``python bench/serve_load.py --requests 1000 --concurrency 32``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+TOPICS = ["apples", "trains", "a bakery", "a garden", "savings", "a school trip", "paint", "books"]
+
+
+def body(i: int, model: str, max_tokens: int) -> dict:
+    return {"model": model, "prompt": f"Question: Tom has {i % 50 + 3} {TOPICS[i % len(TOPICS)]}. He buys",
+            "max_tokens": max_tokens, "temperature": 0.7, "seed": i}
+
+
+async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
+    import httpx
+
+    sem = asyncio.Semaphore(concurrency)
+    latencies, errors = [], []
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def one(i):
+            async with sem:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(f"{url}/completions", json=body(i, model, max_tokens))
+                    ok = r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+                    if not ok:
+                        errors.append(f"{r.status_code}: {r.text[:120]}")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    q = statistics.quantiles(latencies, n=100)
+    return {"requests": n, "concurrency": concurrency, "errors": len(errors), "first_errors": errors[:3],
+            "wall_s": round(wall, 2), "requests_per_s": round(n / wall, 2), "p50_s": round(q[49], 3),
+            "p99_s": round(q[98], 3)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="model to serve (ignored with --endpoint)")
+    ap.add_argument("--endpoint", default=None, help="an already running http://HOST:PORT/v1")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--compare-requests", type=int, default=64, help="requests per side of the batching ratio")
+    ap.add_argument("--no-compare", action="store_true")
+    args = ap.parse_args()
+
+    from psi_ray import serve
+    from psi_ray.evaluate.run import free_port, served_name
+
+    url = args.endpoint
+    port = free_port()
+    if url is None:
+        url = serve.start(args.model, port=port, name="bench", engine="hf", max_batch_size=args.concurrency)
+    name = served_name(url, None)
+    asyncio.run(load(url, name, min(8, args.requests), 4, args.max_tokens))  # warm-up
+    main_run = asyncio.run(load(url, name, args.requests, args.concurrency, args.max_tokens))
+    print(json.dumps({"load": main_run}))
+    result = {"load": main_run}
+    if not args.no_compare and args.endpoint is None:
+        batched = asyncio.run(load(url, name, args.compare_requests, args.concurrency, args.max_tokens))
+        serve.start(args.model, port=port, name="bench", engine="hf", max_batch_size=1)
+        single = asyncio.run(load(url, name, args.compare_requests, args.concurrency, args.max_tokens))
+        result["batching"] = {"batched_rps": batched["requests_per_s"], "unbatched_rps": single["requests_per_s"],
+                              "ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2)}
+        print(json.dumps({"batching": result["batching"]}))
+    if args.endpoint is None:
+        serve.stop()
+    print(f"\n{main_run['requests']} requests at concurrency {main_run['concurrency']}: {main_run['errors']} errors, "
+          f"{main_run['requests_per_s']} requests/s, p50 {main_run['p50_s']} s, p99 {main_run['p99_s']} s")
+    if "batching" in result:
+        b = result["batching"]
+        print(f"Serve batching: {b['batched_rps']} vs {b['unbatched_rps']} requests/s unbatched -> {b['ratio']}x")
+    return 1 if main_run["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
