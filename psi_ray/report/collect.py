@@ -1,7 +1,7 @@
 """Read a run directory into plain dicts for the report: what ran, how long, at what energy, with what result.
 
 Everything comes from the files a run leaves behind (``config.json``, each stage's ``manifest.json``, the
-cluster and summarize parts, ``eval/scores.json`` once someone has scored the dataset), so a report can be made
+cluster and summarize parts, ``09_eval/scores.json`` (or ``eval/scores.json``) once M_t has been scored), so a report can be made
 for a run that is still going, on any machine, without Ray or a model. A stage folder without a manifest is
 unfinished: it is listed as in progress and never read, because its parts may be incomplete.
 
@@ -198,7 +198,7 @@ def collect(run_dir) -> dict:
         "valid_rate": valid / generated if valid is not None and generated else None,
         "per_1k_valid": per_1k, "tokens": tokens, "tokens_by_stage": tokens_by_stage,
         "principles": tree, "projection": points, "validity": validity,
-        "eval": _scores(scores),
+        "eval": _scores(scores), "eval_limit": (scores or {}).get("limit") if isinstance(scores, dict) else None,
         "dataset": (manifests.get("dataset") or {}).get("dataset"), "notes": notes,
     }
 

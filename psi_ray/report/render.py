@@ -270,6 +270,12 @@ def _eval_table(scores: dict) -> tuple[list[str], list[list[str]]]:
     return ["task", *keys, "fine-tuned − base"], body
 
 
+def _eval_note(run: dict) -> str:
+    limit = run.get("eval_limit")
+    scope = f"the first {limit} questions of each task" if limit else "every question of each task"
+    return f"lm-eval through the served endpoint; base and fine-tuned M_t on the same questions ({scope})."
+
+
 def _stage_table(run: dict) -> tuple[list[str], list[list[str]]]:
     def energy(x):
         return [num(x[k]) if run["measured"] else "–" for k in ENERGY]
@@ -387,7 +393,7 @@ def render_html(run: dict, comp: dict | None = None) -> str:
                             _img(fig_projection(run["projection"]), "principle projection")))
     if run["eval"]:
         head, body = _eval_table(run["eval"])
-        out.append(_section("eval", "Evaluation scores", _table(head, body)))
+        out.append(_section("eval", "Evaluation scores", f"<p>{_e(_eval_note(run))}</p>", _table(head, body)))
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>psi-ray report: {_e(run['run_id'])}</title><style>{CSS}</style></head>"
             f"<body><main>{''.join(out)}</main></body></html>\n")
@@ -422,5 +428,5 @@ def render_markdown(run: dict, comp: dict | None = None) -> str:
             out += [f"  - `{m['id']}` {m['text']}".replace("\n", " ") for m in h["members"]]
         out.append("")
     if run["eval"]:
-        out += ["## Evaluation scores", "", _md_table(*_eval_table(run["eval"])), ""]
+        out += ["## Evaluation scores", "", _eval_note(run), "", _md_table(*_eval_table(run["eval"])), ""]
     return "\n".join(out)

@@ -52,6 +52,17 @@ def check_resources(spec: TrainSpec) -> None:
         require("peft", "LoRA training")
 
 
+def check_examples(dataset: Path, model_path: str, max_seq_len: int) -> int:
+    """Encode the dataset once in the driver: a missing column, an empty dataset or a model without a chat
+    template is reported before any worker starts. Returns the number of usable examples."""
+    from transformers import AutoTokenizer
+
+    from psi_ray.train.data import encode_all, read_messages
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return len(encode_all(tokenizer, read_messages(dataset), max_seq_len))
+
+
 def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int = 0) -> TrainResult:
     """Fine-tune ``spec.model`` on ``dataset``; resume from ``out_dir`` if a run was interrupted there."""
     import ray
@@ -63,9 +74,10 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
 
     dataset = resolve_dataset(dataset)
     check_resources(spec)
+    model_path = resolve_model(spec.model)
+    check_examples(dataset, model_path, spec.max_seq_len)  # bad data fails here, before Ray starts
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model(spec.model)
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
     threads = max(1, int(spec.cpus_per_worker)) if spec.num_workers > 1 else max(1, int(cpus))

@@ -1,0 +1,46 @@
+"""train / serve / eval at the CLI edge: bad input gives one clear line, exit 2, and nothing is written; the
+base vs fine-tuned score table is built from lm-eval's metric names."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from psi_ray.closing import table
+from tests.unit.test_cli_errors import assert_clean_error
+from tests.conftest import run_cli
+
+
+def test_train_needs_a_dataset(tmp_path):
+    assert_clean_error(run_cli("train", str(tmp_path)), "no dataset", "07_dataset")
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    assert_clean_error(run_cli("train", str(bad), "--out", str(tmp_path / "out")), "not a readable Parquet")
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_train_checks_columns_and_arguments(tmp_path):
+    data = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["a"]}), data)
+    assert_clean_error(run_cli("train", str(data), "--out", str(tmp_path / "o"), "--model", "smollm2-135m",
+                               "--num-workers", "1"), "no 'messages' column", "text")
+    assert_clean_error(run_cli("train", str(data), "--lr", "-1"), "lr")
+    assert_clean_error(run_cli("train", str(data), "--model", "no-such-model"), "unknown model")
+
+
+def test_eval_rejects_unknown_tasks_and_unreachable_endpoints():
+    assert_clean_error(run_cli("eval", "http://127.0.0.1:9/v1", "--tasks", "gsm8k,trivia"), "trivia", "gsm8k, mmlu")
+    assert_clean_error(run_cli("eval", "http://127.0.0.1:9/v1", "--tasks", "gsm8k"), "cannot reach")
+
+
+def test_serve_rejects_a_folder_that_is_not_a_model(tmp_path):
+    assert_clean_error(run_cli("serve", str(tmp_path)), "no config.json")
+
+
+def test_score_table_pairs_base_and_finetuned():
+    reports = {"base": {"tasks": {"gsm8k": {"exact_match,strict-match": 0.02, "exact_match,flexible-extract": 0.04}}},
+               "finetuned": {"tasks": {"gsm8k": {"exact_match,strict-match": 0.06, "exact_match,flexible-extract": 0.08},
+                                       "mmlu": {"acc,none": 0.3}}}}
+    assert table(reports) == {
+        "gsm8k exact_match (strict-match)": {"base": 0.02, "finetuned": 0.06},
+        "gsm8k exact_match (flexible-extract)": {"base": 0.04, "finetuned": 0.08},
+        "mmlu acc": {"finetuned": 0.3},
+    }
