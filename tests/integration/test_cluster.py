@@ -1,7 +1,8 @@
 """psi-ray on a real two-node Ray cluster (one machine, token auth on), through the Ray Jobs API.
 
 - A bad config fails fast: ``psi-ray submit`` refuses it before contacting the cluster, and a job submitted
-  the ``ray job submit -- psi-ray run bad.yaml`` way ends FAILED with the field path in its logs.
+  the ``ray job submit -- psi-ray run bad.yaml`` way (SDK and Ray's CLI) ends FAILED with the field paths in
+  its logs.
 - Two-tier placement: the built-in job (shrunk) with ``large.resources {ml_tier: 1}`` and
   ``generator.resources {mg_tier: 1}`` SUCCEEDS via ``psi-ray submit``; the stage manifests show M_L stages on
   the head node (``ml_tier``) and M_g stages on the worker node (``mg_tier``).
@@ -17,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -106,10 +108,19 @@ def test_bad_config_fails_fast(cluster, tmp_path):
     assert "Traceback" not in logs, logs
     assert time.time() - started < 60, "a bad config must fail before any model or engine starts"
 
+    # the same through Ray's own CLI: `ray job submit -- psi-ray run bad.yaml` follows the job and fails
+    ray_cli = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+                              cluster.address, "--working-dir", str(tmp_path), "--", "psi-ray", "run", "bad.yaml"],
+                             capture_output=True, text=True, env=cluster.env, timeout=120)
+    assert ray_cli.returncode != 0 and "instances.count" in ray_cli.stdout + ray_cli.stderr, ray_cli.stdout
+
 
 def test_two_tier_job_succeeds_with_tiers_on_their_nodes(cluster, tmp_path):
     job = write_job(tmp_path, "tiers")
-    res = psi_ray("submit", str(job), "--address", cluster.address, "--no-report", env=cluster.env)
+    # --env with a key psi-ray's own ray.init also sets: submit makes Ray merge them instead of failing
+    home = cluster.env.get("PSI_RAY_HOME") or str(Path.home() / ".cache" / "psi-ray")
+    res = psi_ray("submit", str(job), "--address", cluster.address, "--no-report", "--env", f"PSI_RAY_HOME={home}",
+                  env=cluster.env)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert re.search(r"submitted job raysubmit_\w+", res.stdout) and "SUCCEEDED" in res.stdout, out[-4000:]

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psi_ray.closing import table
-from tests.unit.test_cli_errors import assert_clean_error
 from tests.conftest import run_cli
+from tests.unit.test_cli_errors import assert_clean_error
 
 
 def test_train_needs_a_dataset(tmp_path):
