@@ -54,6 +54,20 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chat_dataset(tmp_path_factory) -> Path:
+    """A 24-row chat dataset (``messages``) of tiny GSM8K-style sums, as the dataset stage writes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path_factory.mktemp("chat-data") / "data.parquet"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} + 3?"},
+                          {"role": "assistant", "content": f"{i} + 3 = <<{i}+3={i + 3}>>{i + 3}\n#### {i + 3}"}]}
+            for i in range(24)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for the whole test session (each start costs ~20 s here)."""
     import ray

@@ -6,20 +6,7 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = tmp_path_factory.mktemp("data") / "data.parquet"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} + 3?"},
-                          {"role": "assistant", "content": f"{i} + 3 = <<{i}+3={i + 3}>>{i + 3}\n#### {i + 3}"}]}
-            for i in range(16)]
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
-def test_deepspeed_zero3_bf16_on_gpu(ray_session, dataset, tmp_path):
+def test_deepspeed_zero3_bf16_on_gpu(ray_session, chat_dataset, tmp_path):
     import torch
 
     from psi_ray.config import TrainSpec
@@ -27,7 +14,7 @@ def test_deepspeed_zero3_bf16_on_gpu(ray_session, dataset, tmp_path):
 
     spec = TrainSpec(model="smollm2-135m", strategy="deepspeed", zero_stage=3, use_gpu=True,
                      num_workers=min(2, torch.cuda.device_count()), batch_size=4, max_steps=4, lr=1e-4)
-    result = train(dataset, tmp_path, spec, seed=0)
+    result = train(chat_dataset, tmp_path, spec, seed=0)
     assert result.steps == 4 and (result.model_dir / "config.json").exists()
 
 

@@ -15,19 +15,6 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = tmp_path_factory.mktemp("data") / "data.parquet"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} + 3?"},
-                          {"role": "assistant", "content": f"{i} + 3 = <<{i}+3={i + 3}>>{i + 3}\n#### {i + 3}"}]}
-            for i in range(24)]
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
 def weights(folder):
     from safetensors.torch import load_file
 
@@ -38,13 +25,13 @@ def changed(a, b) -> bool:
     return any((a[k] - b[k]).abs().max() > 0 for k in a if k in b)
 
 
-def test_deepspeed_zero2_on_two_cpu_workers(ray_session, tiny_model, dataset, tmp_path):
+def test_deepspeed_zero2_on_two_cpu_workers(ray_session, tiny_model, chat_dataset, tmp_path):
     from psi_ray.config import TrainSpec
     from psi_ray.train import train
 
     spec = TrainSpec(model=str(tiny_model), strategy="deepspeed", zero_stage=2, num_workers=2, batch_size=2,
                      epochs=1, lr=1e-3, checkpoint_every=3)
-    result = train(dataset, tmp_path, spec, seed=0)
+    result = train(chat_dataset, tmp_path, spec, seed=0)
     assert result.steps == 6 and result.examples == 24 and len(result.losses) == 6
     assert result.losses[-1] < result.losses[0]
     assert changed(weights(result.model_dir), weights(tiny_model))
@@ -54,23 +41,23 @@ def test_deepspeed_zero2_on_two_cpu_workers(ray_session, tiny_model, dataset, tm
     assert len(list((checkpoints[0] / "deepspeed" / "zero").glob("*optim_states.pt"))) == 2
 
 
-def test_lora_is_merged_into_a_plain_model(ray_session, tiny_model, dataset, tmp_path):
+def test_lora_is_merged_into_a_plain_model(ray_session, tiny_model, chat_dataset, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from psi_ray.config import TrainSpec
     from psi_ray.train import train
 
     spec = TrainSpec(model=str(tiny_model), lora=True, lora_rank=4, num_workers=2, batch_size=4, lr=1e-2)
-    result = train(dataset, tmp_path, spec, seed=0)
+    result = train(chat_dataset, tmp_path, spec, seed=0)
     assert not (result.model_dir / "adapter_config.json").exists()
     merged = weights(result.model_dir)
     assert not any("lora" in k for k in merged) and changed(merged, weights(tiny_model))
     AutoModelForCausalLM.from_pretrained(result.model_dir)
 
 
-def test_killed_training_resumes_from_the_last_checkpoint(tiny_model, dataset, tmp_path):
+def test_killed_training_resumes_from_the_last_checkpoint(tiny_model, chat_dataset, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "psi_ray.cli", "train", str(dataset), "--model", str(tiny_model), "--out", str(out),
+    cmd = [sys.executable, "-m", "psi_ray.cli", "train", str(chat_dataset), "--model", str(tiny_model), "--out", str(out),
            "--batch-size", "2", "--epochs", "3", "--checkpoint-every", "3", "--lr", "1e-3"]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
