@@ -121,12 +121,18 @@ async def _tail(client, job_id: str) -> None:
 
 def follow(client, job_id: str, poll_s: float = 2.0) -> str:
     """Print the job's logs as they come; return its final status once it is terminal."""
+    import aiohttp
+
     try:
         asyncio.run(_tail(client, job_id))
-    except RuntimeError as exc:  # the log stream broke (head restarted, proxy timeout): fall back to polling
+    except (RuntimeError, OSError, aiohttp.ClientError) as exc:  # the stream broke: fall back to polling
         print(f"psi-ray: log stream ended early ({exc}); polling the job status", file=sys.stderr)
     while True:
-        status = str(client.get_job_status(job_id))
+        try:
+            status = str(client.get_job_status(job_id))
+        except (RuntimeError, OSError) as exc:
+            raise PsiRayError(f"lost the job server at {client.get_address()} while following job {job_id} "
+                              f"({str(exc).strip()[:200]}); the job may still run: ray job status {job_id}") from None
         if status in TERMINAL:
             return status
         time.sleep(poll_s)
