@@ -2,7 +2,7 @@
 
 - A bad config fails fast: ``psi-ray submit`` refuses it before contacting the cluster, and a job submitted
   the ``ray job submit -- psi-ray run bad.yaml`` way (SDK and Ray's CLI) ends FAILED with the field paths in
-  its logs.
+  its logs; a job that validates here but fails there makes ``psi-ray submit`` exit 1.
 - Two-tier placement: the built-in job (shrunk) with ``large.resources {ml_tier: 1}`` and
   ``generator.resources {mg_tier: 1}`` SUCCEEDS via ``psi-ray submit``; the stage manifests show M_L stages on
   the head node (``ml_tier``) and M_g stages on the worker node (``mg_tier``).
@@ -113,6 +113,13 @@ def test_bad_config_fails_fast(cluster, tmp_path):
                               cluster.address, "--working-dir", str(tmp_path), "--", "psi-ray", "run", "bad.yaml"],
                              capture_output=True, text=True, env=cluster.env, timeout=120)
     assert ray_cli.returncode != 0 and "instances.count" in ray_cli.stdout + ray_cli.stderr, ray_cli.stdout
+
+    # valid here, failing there (a seed path only the cluster would hold): submit follows it and exits 1
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(f"task: {{seeds: {tmp_path / 'no-such-seeds.jsonl'}}}\n")
+    res = psi_ray("submit", str(elsewhere), "--address", cluster.address, env=cluster.env, timeout=180)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "no-such-seeds.jsonl" in res.stdout and re.search(r"psi-ray: error: job \S+ FAILED", res.stderr)
 
 
 def test_two_tier_job_succeeds_with_tiers_on_their_nodes(cluster, tmp_path):
