@@ -113,6 +113,8 @@ class TrainSpec(Strict):
     lora_rank: int = Field(16, ge=1)
     num_workers: int = Field(2, ge=1, description="Ray Train workers (processes)")
     cpus_per_worker: float = Field(1, gt=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per worker, e.g. {mg_tier: 1} to pin training")
     use_gpu: bool = Field(False, description="one GPU per worker; bf16 with DeepSpeed")
     epochs: float = Field(1, gt=0, description="passes over the dataset (fractions stop early)")
     batch_size: int = Field(4, ge=1, description="examples per worker per step")

@@ -64,11 +64,21 @@ def init_ray(address: str | None = None) -> None:
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for key in _job_env_keys():  # inside a Ray job: its runtime env already sets these; Ray refuses a clash
+        env.pop(key, None)
     ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
              log_to_driver=True, logging_level="WARNING", configure_logging=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.print_on_execution_start = False
+
+
+def _job_env_keys() -> set[str]:
+    """The env vars a submitted Ray job's runtime env sets (empty outside a job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return set()
+    return set(((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}))
 
 
 def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list[dict]:

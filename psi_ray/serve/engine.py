@@ -100,10 +100,10 @@ class CompletionEngine:
         for row in seqs[:, width:].tolist():
             new, finish = [], "length"
             for t in row:
+                new.append(t)  # an end-of-sequence token is kept (not in the text), as vLLM reports it
                 if t in self.eos_ids:
                     finish = "stop"
                     break
-                new.append(t)
             text, stopped = cut_at_stop(self.decode(new), s.stop)
             if stopped:
                 finish = "stop"

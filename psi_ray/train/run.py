@@ -89,7 +89,7 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
         _loop,
         train_loop_config=loop_cfg,
         scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
-                                     resources_per_worker={"CPU": spec.cpus_per_worker}),
+                                     resources_per_worker={"CPU": spec.cpus_per_worker, **spec.resources}),
         run_config=RunConfig(name="train", storage_path=str(out_dir / "ray"),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )

@@ -48,7 +48,7 @@ def test_loglikelihoods_match_lm_eval_hf(served, tmp_path):
                         "tokenizer": model_dir, "batch_size": 8})
     finally:
         os.environ.pop("OPENAI_API_KEY", None)
-    hf = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": model_dir, "dtype": "float32"},
+    hf = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": model_dir, "dtype": "float32", "device": "cpu"},
                                  tasks=["psi_mmlu"], task_manager=tasks, limit=6, log_samples=True, batch_size=1)
     a = {s["doc_id"]: s["resps"] for s in api["samples"]["psi_mmlu"]}
     b = {s["doc_id"]: s["resps"] for s in hf["samples"]["psi_mmlu"]}

@@ -3,6 +3,7 @@ training process is killed."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_deepspeed_zero2_on_two_cpu_workers(ray_session, tiny_model, chat_datase
     assert result.steps == 6 and result.examples == 24 and len(result.losses) == 6
     assert result.losses[-1] < result.losses[0]
     assert changed(weights(result.model_dir), weights(tiny_model))
-    checkpoints = list((tmp_path / "ray" / "train").glob("checkpoint_*"))
+    checkpoints = [p for p in (tmp_path / "ray" / "train").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1  # one kept
     assert (checkpoints[0] / "deepspeed" / "zero").is_dir()  # ZeRO optimizer shards, one per rank
     assert len(list((checkpoints[0] / "deepspeed" / "zero").glob("*optim_states.pt"))) == 2
@@ -69,13 +70,15 @@ def test_killed_training_resumes_from_the_last_checkpoint(tiny_model, chat_datas
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    killed_at = json.loads(next(out.glob("ray/train/checkpoint_*/state.json")).read_text())["step"]
-    assert 3 <= killed_at < 18, (tmp_path / "first.log").read_text()[-3000:]
+    steps_on_disk = {json.loads(p.read_text())["step"] for p in out.glob("ray/train/checkpoint_*/state.json")}
+    assert steps_on_disk and max(steps_on_disk) < 18, (tmp_path / "first.log").read_text()[-3000:]
     assert not (out / "model").exists()
 
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert f"resumed from step {killed_at}" in res.stdout + res.stderr
-    state = json.loads(next(out.glob("ray/train/checkpoint_*/state.json")).read_text())
-    assert state["step"] == 18 and len(state["losses"]) == 18  # 24 examples / (2 x 2) x 3 epochs
+    resumed = re.search(r"resumed from step (\d+) of 18", res.stdout + res.stderr)
+    assert resumed and int(resumed.group(1)) >= 3 and int(resumed.group(1)) in steps_on_disk
+    final = [json.loads(p.read_text()) for p in out.glob("ray/train/checkpoint_*/state.json")]
+    last = max(final, key=lambda s: s["step"])
+    assert last["step"] == 18 and len(last["losses"]) == 18  # 24 examples / (2 x 2) x 3 epochs, none repeated
     assert (out / "model" / "model.safetensors").exists()
