@@ -78,7 +78,7 @@ def _job_env_keys() -> set[str]:
     raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if not raw:
         return set()
-    return set(((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}))
+    return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
 
 
 def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list[dict]:
