@@ -55,7 +55,8 @@ class OpenAIServer:
 
     def __init__(self, model_dir: str, name: str, api_key: str | None = None, threads: int | None = None,
                  max_batch_size: int = 64):
-        self.engine = CompletionEngine(model_dir, threads=threads)
+        # Ray gives a 1-CPU replica one OpenMP thread; a replica alone on its node serves faster with all cores.
+        self.engine = CompletionEngine(model_dir, threads=threads or os.cpu_count())
         self.name = name
         self._api_key = api_key
         self._lock = threading.Lock()  # one forward pass at a time: generation and scoring share the cores

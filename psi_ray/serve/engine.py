@@ -17,13 +17,17 @@ from psi_ray.errors import require
 
 @dataclass(frozen=True)
 class GenSettings:
-    """What one completion asks for; requests with equal settings share a ``generate`` call."""
+    """What one completion asks for; requests with equal settings share a ``generate`` call.
+
+    ``seed`` does not split batches: a batch is seeded with the first seed among its requests, so a seeded
+    request repeats exactly when it runs alone (or in the same batch again).
+    """
 
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
-    seed: int | None = None
+    seed: int | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -73,11 +77,13 @@ class CompletionEngine:
                 for i in members:
                     out[i] = Completion([], "", "length")
                 continue
-            for i, c in zip(members, self._generate_group([prompts[i] for i in members], s), strict=True):
+            seed = next((settings[i].seed for i in members if settings[i].seed is not None), None)
+            group = [prompts[i] for i in members]
+            for i, c in zip(members, self._generate_group(group, s, seed), strict=True):
                 out[i] = c
         return out  # type: ignore[return-value]
 
-    def _generate_group(self, prompts: list[list[int]], s: GenSettings) -> list[Completion]:
+    def _generate_group(self, prompts: list[list[int]], s: GenSettings, seed: int | None) -> list[Completion]:
         torch = self.torch
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -88,8 +94,8 @@ class CompletionEngine:
         kwargs = dict(max_new_tokens=s.max_tokens, pad_token_id=self.pad_id)
         if s.temperature > 0:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
-            if s.seed is not None:
-                torch.manual_seed(s.seed)
+            if seed is not None:
+                torch.manual_seed(seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if s.stop:
