@@ -20,6 +20,8 @@ def cmd_train(args) -> int:
     fields = {k: getattr(args, k) for k in ("model", "strategy", "zero_stage", "num_workers", "epochs",
                                              "batch_size", "lr", "max_seq_len", "max_steps", "checkpoint_every")
               if getattr(args, k) is not None}
+    if args.gpu and args.strategy is None:
+        fields["strategy"] = "deepspeed"  # ZeRO in bf16 is the GPU default
     spec = _validated(TrainSpec, {**fields, "lora": args.lora, "use_gpu": args.gpu})
     out = Path(args.out) if args.out else (Path(args.source) / "08_train" if Path(args.source).is_dir()
                                            else dataset.parent / "train")
@@ -90,7 +92,7 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="M_t: built-in name, HF folder or hub id (default smollm2-135m)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/08_train)")
     p.add_argument("--strategy", choices=["ddp", "deepspeed"], default=None,
-                   help="ddp (default; gloo on CPU) or deepspeed (ZeRO; bf16 on GPU)")
+                   help="ddp (default on CPU; gloo) or deepspeed (ZeRO; default and bf16 with --gpu)")
     p.add_argument("--zero-stage", type=int, choices=[2, 3], default=None, help="DeepSpeed ZeRO stage (default 2)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the exported model)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")

@@ -128,7 +128,8 @@ class EvalSpec(Strict):
     """Stages 9-10: serve base and fine-tuned M_t with Ray Serve and score both with lm-eval."""
 
     enabled: bool = Field(False, description="serve and score M_t at the end of `psi-ray run`")
-    tasks: list[str] = Field(default_factory=lambda: ["gsm8k"], description="tasks shipped in the package")
+    tasks: list[Literal["gsm8k", "mmlu"]] = Field(default_factory=lambda: ["gsm8k"], min_length=1,
+                                                 description="tasks shipped in the package")
     limit: int | None = Field(50, ge=1, description="questions per task (the first N; all if unset)")
     compare_base: bool = Field(True, description="also score the untrained M_t on the same questions")
     max_gen_tokens: int = Field(256, ge=1, description="generation budget per answer")

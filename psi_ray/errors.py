@@ -15,6 +15,11 @@ class MissingExtraError(PsiRayError):
         )
 
 
+def last_line(exc: BaseException) -> str:
+    """An exception's last message line (Ray and lm-eval put the cause last), never empty."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+
+
 def require(module: str, purpose: str, package: str | None = None, extra: str = "cpu"):
     """Import ``module`` or raise a :class:`MissingExtraError` that says how to install it."""
     import importlib

@@ -172,6 +172,10 @@ def run(cfg: JobConfig) -> Path:
     """Run (or resume) a whole generation job; return the run directory."""
     seed_rows = seeds.load(cfg)  # every seed check happens before any model or Ray starts
     check_endpoints(cfg)
+    if cfg.train.enabled:  # a missing GPU or extra fails now, not after the data is made
+        from psi_ray.train.run import check_resources
+
+        check_resources(cfg.train)
     r = Run(cfg)
     r.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(r.dir / "config.json", cfg.model_dump_json(indent=2))

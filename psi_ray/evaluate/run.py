@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from psi_ray.errors import PsiRayError, require
+from psi_ray.errors import PsiRayError, last_line, require
 
 HERE = Path(__file__).parent
 
@@ -90,6 +90,10 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+    needs_tokens = [t for t in tasks if TASKS[t].kind == "loglikelihood"]
+    if needs_tokens and not tokenizer and target.startswith(("http://", "https://")):
+        raise PsiRayError(f"task(s) {', '.join(needs_tokens)} score log-likelihoods of token ids: pass --tokenizer "
+                          "MODEL_DIR (the served model's tokenizer)")
     with endpoint(target, api_key_env=api_key_env) as (base_url, served_tokenizer):
         tokenizer = tokenizer or served_tokenizer
         name = served_name(base_url, api_key)
@@ -98,9 +102,6 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
             include = write_task_dir(Path(tmp))
             for task in tasks:
                 spec = TASKS[task]
-                if spec.kind == "loglikelihood" and not tokenizer:
-                    raise PsiRayError(f"task {task} scores log-likelihoods of token ids: pass --tokenizer "
-                                      "MODEL_DIR (the served model's tokenizer)")
                 result = _run_lm_eval(spec, base_url, name, tokenizer, include, limit, max_gen_tokens,
                                       concurrency, api_key)
                 scores[task] = {k: float(v) for k, v in result["results"][spec.lm_eval_name].items()
@@ -134,7 +135,7 @@ def _run_lm_eval(spec: Task, base_url: str, name: str, tokenizer: str | None, in
             limit=limit, apply_chat_template=spec.kind == "generate", log_samples=True,
             gen_kwargs=f"max_gen_toks={max_gen_tokens}" if spec.kind == "generate" else None)
     except Exception as exc:
-        raise PsiRayError(f"lm-eval failed on {spec.lm_eval_name}: {str(exc).strip().splitlines()[-1:]}") from None
+        raise PsiRayError(f"lm-eval failed on {spec.lm_eval_name}: {last_line(exc)}") from None
     finally:
         if old_key is None:
             os.environ.pop("OPENAI_API_KEY", None)

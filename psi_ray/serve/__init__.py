@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from psi_ray.errors import PsiRayError
+from psi_ray.errors import PsiRayError, last_line
 
 APP_NAME = "psi-ray"
 
@@ -24,12 +24,15 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
     app = build_app({"model": model, "name": name, "engine": engine, "api_key_env": api_key_env, **options})
     init_ray()
     serve.start(http_options={"host": host, "port": port})
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/v1"
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-    except Exception as exc:
-        raise PsiRayError(f"could not start the Serve app: {str(exc).strip().splitlines()[-1]}") from None
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/v1"
-    wait_ready(url, timeout_s)
+        wait_ready(url, timeout_s)
+    except BaseException as exc:  # nothing half-started is left behind, Ctrl-C included
+        stop()
+        if isinstance(exc, PsiRayError | KeyboardInterrupt):
+            raise
+        raise PsiRayError(f"could not start the Serve app: {last_line(exc)}") from None
     return url
 
 
@@ -49,6 +52,9 @@ def wait_ready(base_url: str, timeout_s: float) -> None:
 
 
 def stop() -> None:
+    """Delete psi-ray's app; shut Serve down only when no other app is left (a shared cluster keeps its own)."""
     from ray import serve
 
-    serve.shutdown()
+    serve.delete(APP_NAME)
+    if not serve.status().applications:
+        serve.shutdown()

@@ -48,7 +48,7 @@ class _Request(BaseModel):
         return v
 
     def stops(self) -> tuple[str, ...]:
-        if self.stop is None:
+        if not self.stop:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
 
@@ -60,6 +60,11 @@ class CompletionRequest(_Request):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     max_tokens: int | None = Field(16, ge=0)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _default_budget(cls, v):
+        return 16 if v is None else v  # OpenAI treats null as the default
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt

@@ -38,8 +38,7 @@ def encode(tokenizer, messages: list[dict], max_len: int) -> dict | None:
                       tokenizer)
     full_ids = _ids(tokenizer.apply_chat_template(messages, tokenize=False), tokenizer)
     if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise PsiRayError("the chat template renders the prompt differently inside the whole conversation; "
-                          "cannot tell assistant tokens apart")
+        return None  # the tokenizer merged across the prompt/answer boundary: no clean mask for this row
     full_ids = full_ids[:max_len]
     labels = [IGNORE] * min(len(prompt_ids), len(full_ids)) + full_ids[len(prompt_ids):]
     if all(x == IGNORE for x in labels):
@@ -52,7 +51,8 @@ def _ids(text: str, tokenizer) -> list[int]:
 
 
 def encode_all(tokenizer, conversations: list[list[dict]], max_len: int) -> list[dict]:
-    """Encode every conversation; drop those with no assistant token left after truncation."""
+    """Encode every conversation; drop those with no assistant turn, none of it left after truncation, or a
+    prompt the tokenizer merges into the answer."""
     if not getattr(tokenizer, "chat_template", None):
         raise PsiRayError("the target model has no chat template; fine-tuning on chat data needs an instruct model")
     out = [e for e in (encode(tokenizer, m, max_len) for m in conversations) if e is not None]

@@ -178,11 +178,8 @@ class DeepSpeedRunner:
         module = self.engine.module
         state = (self.engine._zero3_consolidated_16bit_state_dict() if self.engine.zero_optimization_stage() == 3
                  else None)
-        if rank == 0:
-            if hasattr(module, "peft_config"):
-                module.save_pretrained(folder / MODEL)
-            else:
-                module.save_pretrained(folder / MODEL, state_dict=state)
+        if rank == 0:  # with ZeRO-3, ``state`` holds the gathered weights (peft picks its adapters from it)
+            module.save_pretrained(folder / MODEL, state_dict=state)
 
     def load(self, folder: Path) -> None:
         self.engine.load_checkpoint(str(folder / "deepspeed"), tag="zero")

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psi_ray.config import TrainSpec
-from psi_ray.errors import PsiRayError, require
+from psi_ray.errors import PsiRayError, last_line, require
+from psi_ray.rundir import atomic_write_text
 from psi_ray.train.loop import MODEL, STATE
 
 
@@ -78,6 +79,7 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
     check_examples(dataset, model_path, spec.max_seq_len)  # bad data fails here, before Ray starts
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim_output(out_dir, dataset, model_path, spec, seed)
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
     threads = max(1, int(spec.cpus_per_worker)) if spec.num_workers > 1 else max(1, int(cpus))
@@ -103,9 +105,32 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
         raise PsiRayError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / STATE).read_text())
-        export(Path(folder) / MODEL, model_path, out_dir / "model", spec.lora)
+        try:
+            export(Path(folder) / MODEL, model_path, out_dir / "model", spec.lora)
+        except OSError as exc:
+            raise PsiRayError(f"could not write the trained model to {out_dir / 'model'}: {exc}") from None
     return TrainResult(out_dir / "model", state["step"], int(result.metrics.get("examples", 0)),
                        state["losses"], time.time() - started, resumed_from)
+
+
+def claim_output(out_dir: Path, dataset: Path, model_path: str, spec: TrainSpec, seed: int) -> None:
+    """Record what this output folder trains; refuse to resume a checkpoint made from other data or settings."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(dataset, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    mine = {"dataset_sha256": digest.hexdigest(), "model": model_path, "seed": seed, "spec": spec.model_dump()}
+    path = out_dir / "training.json"
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        if theirs != mine:
+            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+            raise PsiRayError(f"{out_dir} holds a training run made with a different {', '.join(changed)}; "
+                              "use another --out, or delete that folder to start over")
+        return
+    atomic_write_text(path, json.dumps(mine, indent=2))
 
 
 def _loop(cfg):
@@ -124,8 +149,7 @@ def _last_step(out_dir: Path) -> int:
 def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+    return last_line(exc)
 
 
 def export(checkpoint_model: Path, base_path: str, target: Path, lora: bool) -> Path:

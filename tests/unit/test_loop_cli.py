@@ -56,3 +56,33 @@ def test_job_env_keys_come_from_the_submitted_jobs_runtime_env(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
         {"runtime_env": {"working_dir": "x", "env_vars": {"HF_HUB_OFFLINE": "1", "PSI_RAY_HOME": "/h"}}}))
     assert _job_env_keys() == {"HF_HUB_OFFLINE", "PSI_RAY_HOME"}
+
+
+def test_training_output_refuses_other_settings(tmp_path, tiny_model):
+    import pytest
+
+    from psi_ray.config import TrainSpec
+    from psi_ray.errors import PsiRayError
+    from psi_ray.train.run import claim_output
+
+    data = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"x": [1]}), data)
+    claim_output(tmp_path, data, str(tiny_model), TrainSpec(lr=1e-4), 0)
+    claim_output(tmp_path, data, str(tiny_model), TrainSpec(lr=1e-4), 0)  # the same run resumes
+    with pytest.raises(PsiRayError, match="different spec"):
+        claim_output(tmp_path, data, str(tiny_model), TrainSpec(lr=1e-3), 0)
+    pq.write_table(pa.table({"x": [2]}), data)
+    with pytest.raises(PsiRayError, match="different dataset_sha256"):
+        claim_output(tmp_path, data, str(tiny_model), TrainSpec(lr=1e-4), 0)
+
+
+def test_job_eval_tasks_are_the_shipped_ones():
+    import pytest
+    from pydantic import ValidationError
+
+    from psi_ray.config import EvalSpec
+    from psi_ray.evaluate import TASKS
+
+    assert set(EvalSpec.model_fields["tasks"].annotation.__args__[0].__args__) == set(TASKS)
+    with pytest.raises(ValidationError):
+        EvalSpec(tasks=["trivia"])

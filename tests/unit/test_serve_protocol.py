@@ -41,6 +41,8 @@ def test_prompt_shapes():
     assert parse(b'{"prompt": ["a", "b"]}', CompletionRequest).prompts() == ["a", "b"]
     req = parse(b'{"prompt": "x", "stop": "Q:"}', CompletionRequest)
     assert req.stops() == ("Q:",) and req.max_tokens == 16
+    assert parse(b'{"prompt": "x", "max_tokens": null, "stop": ""}', CompletionRequest).max_tokens == 16
+    assert parse(b'{"prompt": "x", "stop": ""}', CompletionRequest).stops() == ()
 
 
 def test_auth_and_budget():
