@@ -150,18 +150,24 @@ def test_two_tier_job_succeeds_with_tiers_on_their_nodes(cluster, tmp_path):
     assert data.num_rows == json.loads((run / "07_dataset" / "manifest.json").read_text())["valid"]
 
 
-def test_worker_node_killed_during_instances(cluster, tmp_path):
-    count = 24
-    job = write_job(tmp_path, "failover", method="student", count=count, max_tokens=64)
+def submit_until_first_shard(cluster, job, stage):
+    """Submit ``job`` without waiting; return (client, job id) once its first instance shard has landed."""
     res = psi_ray("submit", str(job), "--address", cluster.address, "--no-report", "--no-wait", env=cluster.env)
     assert res.returncode == 0, res.stdout + res.stderr
     job_id = re.search(r"submitted job (\S+)", res.stdout).group(1)
     client = cluster.client()
-    stage = tmp_path / "runs" / "failover-student" / "05_instances"
     deadline = time.time() + 300
     while time.time() < deadline and not list(stage.glob("part-*.parquet")):
         assert str(client.get_job_status(job_id)) in ("PENDING", "RUNNING"), client.get_job_logs(job_id)[-4000:]
         time.sleep(0.5)
+    return client, job_id
+
+
+def test_worker_node_killed_during_instances(cluster, tmp_path):
+    count = 24
+    job = write_job(tmp_path, "failover", method="student", count=count, max_tokens=64)
+    stage = tmp_path / "runs" / "failover-student" / "05_instances"
+    client, job_id = submit_until_first_shard(cluster, job, stage)
     parts_before = len(list(stage.glob("part-*.parquet")))
     assert 1 <= parts_before < count // 4, "the kill must land during instance generation"
 
@@ -194,14 +200,8 @@ def test_stopped_job_resumes_on_resubmit(cluster, tmp_path):
     """The driver dies mid-way (``ray job stop``): re-submitting the same job re-does only unfinished shards."""
     count = 16
     job = write_job(tmp_path, "restart", method="student", count=count, max_tokens=48)
-    res = psi_ray("submit", str(job), "--address", cluster.address, "--no-report", "--no-wait", env=cluster.env)
-    job_id = re.search(r"submitted job (\S+)", res.stdout).group(1)
-    client = cluster.client()
     stage = tmp_path / "runs" / "restart-student" / "05_instances"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(stage.glob("part-*.parquet")):
-        assert str(client.get_job_status(job_id)) in ("PENDING", "RUNNING"), client.get_job_logs(job_id)[-4000:]
-        time.sleep(0.5)
+    client, job_id = submit_until_first_shard(cluster, job, stage)
     client.stop_job(job_id)
     assert wait_terminal(client, job_id, 60) == "STOPPED"
     done = {p.name: p.read_bytes() for p in stage.glob("part-*.parquet")}
