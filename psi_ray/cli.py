@@ -54,16 +54,30 @@ def cmd_generate(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    """Validate job YAML files; report every error at once."""
+    """Validate job YAML files; report every error at once.
+
+    A job that scores an eval task (``eval.enabled``) must not seed from that task's eval questions: its
+    seeds are loaded and compared with the shipped eval sets (MMLU dev seeds → scored on MMLU test).
+    """
     from psi_ray.config import load_config
 
     bad = 0
     for path in args.files:
         try:
-            load_config(path)
-            print(f"{path}: ok")
+            cfg = load_config(path)
         except PsiRayError as exc:
             print(str(exc), file=sys.stderr)
+            bad += 1
+            continue
+        try:
+            if cfg.eval.enabled:
+                from psi_ray.evaluate.questions import check_eval_not_seeded
+                from psi_ray.stages import seeds
+
+                check_eval_not_seeded(cfg, seeds.load(cfg))
+            print(f"{path}: ok")
+        except PsiRayError as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
             bad += 1
     return 2 if bad else 0
 

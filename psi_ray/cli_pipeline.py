@@ -49,11 +49,11 @@ def cmd_show_prompt(args) -> int:
     """Render one stage's prompt on the built-in seeds so a person can read it."""
     from psi_ray import prompts
     from psi_ray.config import JobConfig
-    from psi_ray.stages import expand, instances, principles, seeds
+    from psi_ray.stages import expand, instances, principles, seeds, verify
     from psi_ray.tasks import get_adapter
 
-    cfg = JobConfig(task={"adapter": args.task, "seeds": args.seeds} if args.seeds else {"adapter": args.task})
-    adapter = get_adapter(cfg.task.adapter)
+    adapter = get_adapter(args.task)
+    cfg = JobConfig(task={"adapter": args.task, "seeds": args.seeds or adapter.builtin_seeds})
     rows = seeds.load(cfg)
     demo_principles = [{"principle_id": "H00", "text": "(high-level principle 1)"},
                        {"principle_id": "H01", "text": "(high-level principle 2)"}]
@@ -66,6 +66,9 @@ def cmd_show_prompt(args) -> int:
         msgs = prompts.chat("summarize", task=adapter, principles=["(low-level principle a)", "(low-level principle b)"])
     elif args.stage == "instances":
         msgs = instances.plan(1, 1, 0, demo_principles, rows, 2, 2, adapter)[0]["prompt"]
+    elif args.stage == "verify":
+        msgs = verify.build_prompts([{"id": "x", "error": None, **rows[0]}], adapter, 1)[0]["prompt"] \
+            if adapter.has_answer else prompts.chat("verify", task=adapter, question=rows[0]["instruction"])
     else:
         raise PsiRayError(f"unknown stage '{args.stage}'; choose one of: {', '.join(prompts.STAGES)}")
     for m in msgs:
@@ -88,9 +91,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_principles)
 
     p = sub.add_parser("show-prompt", help="render a stage's prompt", description=cmd_show_prompt.__doc__)
-    p.add_argument("stage", metavar="STAGE", help="expand, principles, summarize or instances")
-    p.add_argument("--task", default="gsm8k", help="task adapter (default gsm8k)")
-    p.add_argument("--seeds", default=None, help="seed file (default: the built-in GSM8K seeds)")
+    p.add_argument("stage", metavar="STAGE", help="expand, principles, summarize, instances or verify")
+    p.add_argument("--task", default="gsm8k", choices=["gsm8k", "mmlu", "generic"],
+                   help="task adapter (default gsm8k); its labels and answer format shape the prompt")
+    p.add_argument("--seeds", default=None, help="seed file (default: the adapter's built-in seeds)")
     p.set_defaults(func=cmd_show_prompt)
 
 

@@ -67,6 +67,10 @@ class ExpandSpec(Strict):
 
 
 class PrinciplesSpec(Strict):
+    source: Literal["model", "file"] = Field(
+        "model", description="model: M_L writes them from T subsets; file: read `file` and skip M_L (stages 1-2)")
+    file: str | None = Field(None, description="with source: file, a YAML/JSON list of principle texts or JSONL "
+                             "of {text: ...}; each still passes the principle hygiene checks")
     subsets: int = Field(4, ge=1, description="T random subsets (paper: T=10 worked best)")
     subset_size: int = Field(4, ge=1, description="k examples per subset (ours: 4)")
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=256))
@@ -94,6 +98,24 @@ class InstancesSpec(Strict):
 class FilterSpec(Strict):
     near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard threshold")
     num_perm: int = Field(64, ge=16, description="MinHash permutations")
+    decontaminate: list[Literal["gsm8k", "mmlu"]] = Field(
+        default_factory=lambda: ["gsm8k", "mmlu"],
+        description="eval sets (the test questions psi-ray scores) no generated question may repeat; [] = off")
+    decontaminate_threshold: float = Field(
+        0.5, gt=0, le=1, description="number-blind word 3-gram Jaccard with an eval question that counts as "
+        "contaminated, besides any shared 13-gram (ours)")
+
+
+class VerifySpec(Strict):
+    """Stage 5b: self-consistency. A verifier re-solves each question k times without its answer; an instance
+    is kept only when the majority answer is its own. Tasks with no checkable answer (generic) pass through."""
+
+    enabled: bool = Field(False, description="run answer agreement between instances and filter")
+    tier: Literal["large", "generator"] = Field("large", description="which model re-solves: M_L or M_g")
+    samples: int = Field(4, ge=1, le=32, description="k independent solutions per instance")
+    min_agreement: float = Field(0.5, gt=0, le=1, description="share of the k answers that must equal the "
+                                 "instance's (and no other answer may be more common)")
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=1.0, max_tokens=256))
 
 
 class CarbonSpec(Strict):
@@ -153,6 +175,7 @@ class JobConfig(Strict):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     summarize: SummarizeSpec = Field(default_factory=SummarizeSpec)
     instances: InstancesSpec = Field(default_factory=InstancesSpec)
+    verify: VerifySpec = Field(default_factory=VerifySpec)
     filter: FilterSpec = Field(default_factory=FilterSpec)
     shard_size: int = Field(50, ge=1, description="instances per shard: the unit of resume")
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -161,8 +184,14 @@ class JobConfig(Strict):
     base_dir: str = Field(".", description="folder relative paths resolve against (set by load_config)")
 
     @model_validator(mode="after")
+    def _principle_file_named(self):
+        if self.principles.source == "file" and not self.principles.file:
+            raise ValueError("principles.source is 'file' but principles.file is not set")
+        return self
+
+    @model_validator(mode="after")
     def _clusters_fit(self):
-        if self.cluster.num_clusters > self.principles.subsets:
+        if self.principles.source == "model" and self.cluster.num_clusters > self.principles.subsets:
             raise ValueError(
                 f"cluster.num_clusters ({self.cluster.num_clusters}) exceeds principles.subsets "
                 f"({self.principles.subsets}): at least one principle list per cluster is needed"

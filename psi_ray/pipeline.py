@@ -18,8 +18,9 @@ from pathlib import Path
 
 from psi_ray import carbon, closing
 from psi_ray.config import JobConfig, ModelSpec
+from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
 from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, read_parquet_rows
-from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize
+from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize, verify
 from psi_ray.stages import filter as filters
 from psi_ray.tasks import get_adapter
 
@@ -133,15 +134,17 @@ class Run:
         self.adapter = get_adapter(cfg.task.adapter)
         self.digests: list[str] = []
 
-    def stage(self, index: int, name: str, sections: tuple[str, ...], compute) -> StageDir:
+    def stage(self, index: int, name: str, sections: tuple[str, ...], compute, salt: str = "") -> StageDir:
         """Run ``compute(sd) -> (rows, manifest_extra)`` measured, unless the stage's manifest says it is done.
 
         ``rows`` is written as part 0 unless ``compute`` wrote its own parts (then it returns ``None`` and
-        puts ``rows`` in the extra). Returns the stage folder.
+        puts ``rows`` in the extra). ``salt`` joins the digest (e.g. the content hash of an input file).
+        Returns the stage folder.
         """
         sd = StageDir(self.dir, index, name)
         upstream = self.digests[-1] if self.digests else ""
-        digest = hashlib.sha256((self.cfg.digest(*sections, "seed", "method") + upstream).encode()).hexdigest()[:16]
+        key = self.cfg.digest(*sections, "seed", "method") + upstream + salt
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.digests.append(digest)
         if sd.finished(digest):
             print(f"[{name}] done already; reading {sd.path}")
@@ -171,6 +174,7 @@ def check_endpoints(cfg: JobConfig) -> None:
 def run(cfg: JobConfig) -> Path:
     """Run (or resume) a whole generation job; return the run directory."""
     seed_rows = seeds.load(cfg)  # every seed check happens before any model or Ray starts
+    check_eval_not_seeded(cfg, seed_rows)
     check_endpoints(cfg)
     if cfg.train.enabled:  # a missing GPU or extra fails now, not after the data is made
         from psi_ray.train.run import check_resources
@@ -182,13 +186,22 @@ def run(cfg: JobConfig) -> Path:
     init_ray()
     r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}))
     high: list[dict] = []
-    if cfg.method == "psi":
+    if cfg.method == "psi" and cfg.principles.source == "file":  # curated principles: no M_L, no clustering
+        path = cfg.path(cfg.principles.file)
+        texts = principles.load_principle_file(path)
+        salt = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+        low = r.stage(2, "principles", ("principles",), lambda sd: _principles_from(texts, path), salt=salt).read()
+        high = r.stage(4, "summarize", ("principles",), lambda sd: _as_high_level(low)).read()
+    elif cfg.method == "psi":
         pool = r.stage(1, "expand", ("task", "expand", "generator"), lambda sd: _expand(r, seed_rows)).read()
         low = r.stage(2, "principles", ("principles", "large"), lambda sd: _principles(r, pool)).read()
         clustered = r.stage(3, "cluster", ("cluster", "embedder"), lambda sd: _cluster(r, low)).read()
         high = r.stage(4, "summarize", ("summarize", "large"), lambda sd: _summarize(r, clustered)).read()
+    high = [h for h in high if h["text"]]  # a cluster with no usable summary nor member guides nothing
     made = r.stage(5, "instances", ("instances", "shard_size", "generator", "large"),
                    lambda sd: _instances(r, sd, seed_rows, high))
+    if cfg.verify.enabled:
+        made = r.stage(5, "verify", ("verify", cfg.verify.tier), lambda sd: verify_stage(r, sd, made))
     kept = r.stage(6, "filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
     data = r.stage(7, "dataset", (), lambda sd: dataset_stage(r, sd, kept, high))
     trained = None
@@ -215,7 +228,22 @@ def _principles(r: Run, pool):
     got = generate(plan, cfg.large, cfg.principles.sampling)
     rows = principles.parse_outputs(plan, got)
     subsets = {p["id"]: p["example_ids"] for p in plan}
-    return rows, {"tokens": tokens_by_tier(got, "large"), "nodes": {"large": nodes_of(got)}, "subsets": subsets}
+    return rows, {"tokens": tokens_by_tier(got, "large"), "nodes": {"large": nodes_of(got)}, "subsets": subsets,
+                  "kept": sum(1 for x in rows if x["valid"]), "rejected": principles.reject_counts(rows)}
+
+
+def _principles_from(texts: list[str], path: Path):
+    rows = principles.rows_from_texts(texts)
+    return rows, {"source": str(path), "kept": sum(1 for x in rows if x["valid"]),
+                  "rejected": principles.reject_counts(rows)}
+
+
+def _as_high_level(low: list[dict]):
+    """Curated principles are already high-level: each valid one becomes its own H-principle."""
+    valid = [x for x in low if x["valid"]]
+    rows = [{"principle_id": f"H{i:02d}", "cluster_id": i, "text": x["text"], "member_ids": [x["principle_id"]],
+             "error": None, "raw_output": None, "reject_reason": None} for i, x in enumerate(valid)]
+    return rows, {"source": "file"}
 
 
 def _cluster(r: Run, low):
@@ -228,8 +256,14 @@ def _cluster(r: Run, low):
 def _summarize(r: Run, clustered):
     plan = summarize.build_prompts(clustered, r.adapter)
     got = generate(plan, r.cfg.large, r.cfg.summarize.sampling)
-    return summarize.parse_outputs(plan, got), {"tokens": tokens_by_tier(got, "large"),
-                                                "nodes": {"large": nodes_of(got)}}
+    rows = summarize.parse_outputs(plan, got)
+    rejected: dict[str, int] = defaultdict(int)
+    for x in rows:
+        if x.get("reject_reason"):
+            rejected[x["reject_reason"]] += 1
+    return rows, {"tokens": tokens_by_tier(got, "large"), "nodes": {"large": nodes_of(got)},
+                  "summaries_used": sum(1 for x in rows if not x.get("reject_reason")),
+                  "rejected": dict(sorted(rejected.items()))}
 
 
 def _instances(r: Run, sd: StageDir, seed_rows, high):
@@ -266,19 +300,56 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
     return None, extra
 
 
+def verify_stage(r: Run, sd: StageDir, made: StageDir):
+    """Re-solve each checkable instance k times with the verifier tier; write each part once all its answers
+    are back (an interrupted stage re-does only unfinished parts)."""
+    vc = r.cfg.verify
+    spec = r.cfg.large if vc.tier == "large" else r.cfg.generator
+    done = set(sd.parts())
+    rows_of = {part: read_parquet_rows([path]) for part, path in made.parts().items() if part not in done}
+    if not r.adapter.has_answer:
+        print(f"[verify] task '{r.adapter.name}' has no checkable answer: rows pass through unverified")
+    plans = {part: verify.build_prompts(rows, r.adapter, vc.samples) for part, rows in rows_of.items()}
+    pending: dict[int, list[dict]] = defaultdict(list)
+    part_of = {p["id"]: part for part, plan in plans.items() for p in plan}
+
+    def write_ready(batch):
+        for g in batch:
+            part = part_of[g["id"]]
+            pending[part].append(g)
+            if len(pending[part]) == len(plans[part]):
+                sd.write_part(part, verify.parse_outputs(rows_of[part], pending.pop(part), r.adapter,
+                                                         vc.min_agreement))
+
+    for part, plan in plans.items():
+        if not plan:
+            sd.write_part(part, verify.parse_outputs(rows_of[part], [], r.adapter, vc.min_agreement))
+    todo = [p for plan in plans.values() for p in plan]
+    t0 = time.time()
+    got = generate(todo, spec, vc.sampling, on_batch=write_ready)
+    flags = sd.read_column("verified")
+    return None, {"rows": len(flags), "checked": sum(f is not None for f in flags),
+                  "verified": sum(f is True for f in flags), "disagreed": sum(f is False for f in flags),
+                  "samples": vc.samples, "tier": vc.tier, "verifier": spec.model, "generate_s": time.time() - t0,
+                  "tokens": tokens_by_tier(got, f"verify ({vc.tier})"), "nodes": {vc.tier: nodes_of(got)}}
+
+
 def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):
     """Stream the instance shards through the filters, one output part per input part."""
     fc = r.cfg.filter
     dedup = filters.make_deduper(seed_rows, fc.near_duplicate_threshold, fc.num_perm, r.cfg.instances.count)
+    questions = [q for task in fc.decontaminate for q in eval_questions(task)]
+    decontam = filters.Decontaminator(questions, fc.decontaminate_threshold, fc.num_perm) if questions else None
     reasons: dict[str, int] = defaultdict(int)
     total = 0
     for part, path in made.parts().items():
-        rows = filters.apply_filters(read_parquet_rows([path]), r.adapter, dedup)
+        rows = filters.apply_filters(read_parquet_rows([path]), r.adapter, dedup, decontam)
         sd.write_part(part, rows)
         total += len(rows)
         for x in rows:
             reasons[x["reject_reason"] or "kept"] += 1
-    return None, {"rows": total, "kept": reasons.pop("kept", 0), "rejected": dict(sorted(reasons.items()))}
+    return None, {"rows": total, "kept": reasons.pop("kept", 0), "rejected": dict(sorted(reasons.items())),
+                  "decontaminated_against": {t: len(eval_questions(t)) for t in fc.decontaminate}}
 
 
 def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
@@ -288,7 +359,11 @@ def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
     with ParquetSink(sd.path / "data.parquet", dataset.schema()) as sink:
         for path in kept.parts().values():
             sink.write(dataset.to_records(read_parquet_rows([path]), cfg.task.adapter, cfg.method, sampling))
-    counts = {"instances generated": kept.manifest()["rows"], "valid instances": sink.rows}
+    fm = kept.manifest()
+    counts = {"instances generated": fm["rows"], "valid instances": sink.rows,
+              **{f"rejected: {k}": v for k, v in fm.get("rejected", {}).items()},
+              "decontaminated against": ", ".join(f"{t} test ({n} questions)" for t, n in
+                                                  fm.get("decontaminated_against", {}).items()) or "none"}
     writer = cfg.large.model if cfg.method == "teacher" else cfg.generator.model
     models = {"M_L (principles)": cfg.large.model, "M_g / writer": writer} if cfg.method == "psi" else \
         {"writer": writer}

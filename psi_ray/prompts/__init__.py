@@ -1,4 +1,5 @@
-"""Jinja templates for the model-facing stages: ``expand``, ``principles``, ``summarize``, ``instances``.
+"""Jinja templates for the model-facing stages: ``expand``, ``principles``, ``summarize``, ``instances``,
+``verify``. Example labels ("Question:"/"Answer:", "Instruction:"/"Response:") come from the task adapter.
 
 Each renders the user message of one chat prompt; ``psi-ray show-prompt STAGE`` prints one so a person can
 read it. Golden tests pin their text.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from psi_ray.errors import PsiRayError
 
-STAGES = ("expand", "principles", "summarize", "instances")
+STAGES = ("expand", "principles", "summarize", "instances", "verify")
 
 
 @cache

@@ -1,8 +1,11 @@
 """Stage 3, cluster: embed low-level principles and group them with k-means.
 
-A global step (all vectors at once). Reads ``principle_id, text``; writes ``principle_id, cluster_id, x, y``
-(a 2-D PCA projection for the report). cuML k-means on CUDA, scikit-learn on CPU; both take the job's seed,
-so the same seed and config give the same clusters.
+A global step (all vectors at once). Reads ``principle_id, text`` (and ``valid``: rejected principles are not
+clustered; a missing ``valid`` counts as True, for runs made before hygiene); writes ``principle_id, text,
+cluster_id, x, y, centrality``: ``x, y`` a 2-D PCA projection for the report, ``centrality`` the cosine
+similarity of the principle's embedding to its cluster's mean (stage 4 falls back to the most central member).
+cuML k-means on CUDA, scikit-learn on CPU; both take the job's seed, so the same seed and config give the
+same clusters.
 """
 
 from __future__ import annotations
@@ -59,12 +62,38 @@ def _cuda() -> bool:
         return False
 
 
-def cluster_principles(rows: list[dict], model: str, k: int, seed: int, algorithm: str = "auto") -> list[dict]:
-    usable = [r for r in rows if r.get("text")]
+def centrality(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each vector to the mean vector of its cluster; 1.0 for a lone member."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms > 0, norms, 1.0)  # embed() gives unit vectors; others are made so
+    out = np.zeros(len(vectors))
+    for c in np.unique(labels):
+        members = labels == c
+        mean = vectors[members].mean(axis=0)
+        norm = np.linalg.norm(mean)
+        out[members] = vectors[members] @ mean / norm if norm > 0 else 0.0
+    return out
+
+
+def cluster_principles(rows: list[dict], model: str, k: int, seed: int,
+                       algorithm: str = "auto") -> list[dict]:
+    """Cluster the valid principles that have text; one output row each (rejected rows are left out here).
+
+    The rejected rows stay in stage 2's output with their ``reject_reason``; clustering them would let an echo
+    or a looping generation become, or pull, a high-level principle.
+    """
+    usable = [r for r in rows if r.get("valid", True) and r.get("text")]
+    rejected = len(rows) - len(usable)
     if not usable:
-        raise PsiRayError("no low-level principle could be parsed from M_L's outputs; see 02_principles")
+        raise PsiRayError(f"no valid low-level principle among {len(rows)} rows ({rejected} rejected or "
+                          "unparsed); see 02_principles")
+    if k > len(usable):
+        raise PsiRayError(f"cluster.num_clusters={k} but only {len(usable)} valid low-level principles were "
+                          f"written ({rejected} rejected or unparsed; see 02_principles)")
     vectors = embed([r["text"] for r in usable], model)
     labels = kmeans(vectors, k, seed, algorithm)
     xy = project_2d(vectors)
+    central = centrality(vectors, labels)
     return [{"principle_id": r["principle_id"], "text": r["text"], "cluster_id": int(c),
-             "x": float(p[0]), "y": float(p[1])} for r, c, p in zip(usable, labels, xy, strict=True)]
+             "x": float(p[0]), "y": float(p[1]), "centrality": float(m)}
+            for r, c, p, m in zip(usable, labels, xy, central, strict=True)]

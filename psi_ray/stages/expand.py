@@ -11,8 +11,6 @@ from psi_ray import prompts
 from psi_ray.stages import require_columns
 from psi_ray.tasks import ParseError
 
-PREFIX = "Question:"  # the answer is started for the model so it keeps the format
-
 
 def build_prompts(seeds: list[dict], adapter, variants_per_seed: int) -> list[dict]:
     require_columns("expand", seeds, ["seed_id", "instruction", "response"])

@@ -1,11 +1,16 @@
-"""Stage 6, filter: task check, exact and near-duplicate removal; every row kept with a reason.
+"""Stage 6, filter: task check, answer agreement, decontamination, seed copies, duplicates; rows kept with
+a reason.
 
-Reads ``id, instruction, response, error``; adds ``valid`` and ``reject_reason`` (``parse``, ``engine``, the
-adapter's reason such as ``no_final_answer`` or ``wrong_calculation``, ``exact_duplicate``, ``near_duplicate``
-or ``copies_seed``). Near duplicates: MinHash over word 3-gram shingles into datasketch's ``MinHashLSHBloom``
-(LSH bands kept as Bloom filters sized for the expected row count), so one pass costs near-linear time and a
-fixed amount of memory however many rows stream through. Seeds go into their own index first, so copies of a
-seed are dropped too. Rows stream part by part; nothing holds the whole table.
+Reads ``id, instruction, response, error`` (and ``verified`` when the verify stage ran); adds ``valid`` and
+``reject_reason``, checked in this order: ``parse`` / ``engine``; the adapter's content check (GSM8K:
+``wrong_equation``, ``answer_mismatch``, ``bad_calculation``, ...); ``unverified`` (self-consistency
+disagreed); ``contaminated`` (the question shares a 13-gram with an eval question, or its number-blind word
+3-gram Jaccard with one reaches ``filter.decontaminate_threshold``, the GPT-3 / lm-eval convention plus a
+paraphrase guard); ``copies_seed`` (same or near the same as a seed, or sharing a 13-gram with one: a seed
+with a sentence appended is still a copy); ``exact_duplicate``; ``near_duplicate``. Near duplicates: MinHash
+over word 3-gram shingles into datasketch's ``MinHashLSHBloom`` (bands kept as Bloom filters sized for the
+expected row count), so one pass is near-linear in time and fixed in memory however many rows stream
+through. Rows stream part by part; nothing holds the whole table.
 """
 
 from __future__ import annotations
@@ -18,10 +23,73 @@ from psi_ray.errors import require
 from psi_ray.stages import require_columns
 
 WORD = re.compile(r"\w+")
+DIGITS = re.compile(r"\d+")
+NGRAM = 13  # the GPT-3 / lm-eval decontamination n-gram
 
 
 def normalize(text: str) -> str:
     return " ".join(WORD.findall(text.lower()))
+
+
+def ngram_keys(text: str, n: int = NGRAM) -> set[int]:
+    """Hashes of the normalized word n-grams of ``text`` (none when it is shorter than ``n`` words)."""
+    words = normalize(text).split()
+    return {hash(" ".join(words[i : i + n])) for i in range(len(words) - n + 1)}
+
+
+class NgramIndex:
+    """The 13-grams of a fixed set of texts (seeds, eval questions), with exact normalized texts for the
+    ones too short to have a 13-gram."""
+
+    def __init__(self, texts: list[str], n: int = NGRAM):
+        self.n, self.grams, self.whole = n, set(), set()
+        for t in texts:
+            keys = ngram_keys(t, n)
+            self.grams |= keys
+            if not keys:
+                self.whole.add(normalize(t))
+
+    def hits(self, text: str) -> bool:
+        return normalize(text) in self.whole or not self.grams.isdisjoint(ngram_keys(text, self.n))
+
+
+class Decontaminator:
+    """Eval questions a generated question must not repeat: shared 13-grams, or number-blind word 3-gram
+    Jaccard at or above ``threshold`` (MinHash LSH for candidates, exact Jaccard to confirm)."""
+
+    def __init__(self, questions: list[str], threshold: float, num_perm: int = 64, seed: int = 1):
+        ds = require("datasketch", "decontamination", package="datasketch[bloom]")
+        self._ds, self.num_perm, self.seed, self.threshold = ds, num_perm, seed, threshold
+        template = ds.MinHash(num_perm=num_perm, seed=seed)
+        self._perms, self._scheme = template.permutations, template.scheme
+        self.ngrams = NgramIndex(questions)
+        self.lsh = ds.MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.sets: list[set[bytes]] = []
+        for i, q in enumerate(questions):
+            sh = set(shingles(self.blind(q)))
+            self.sets.append(sh)
+            self.lsh.insert(i, self._sig(sh))
+
+    @staticmethod
+    def blind(text: str) -> str:
+        """Numbers masked: a test question with its numbers changed is still that test question."""
+        return DIGITS.sub("0", text)
+
+    def _sig(self, sh):
+        m = self._ds.MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._perms,
+                             scheme=self._scheme)
+        m.update_batch(list(sh))
+        return m
+
+    def contaminated(self, text: str) -> bool:
+        if self.ngrams.hits(text):
+            return True
+        sh = set(shingles(self.blind(text)))
+        for i in self.lsh.query(self._sig(sh)):
+            other = self.sets[i]
+            if len(sh & other) / len(sh | other) >= self.threshold:
+                return True
+        return False
 
 
 def shingles(text: str, n: int = 3) -> list[bytes]:
@@ -34,7 +102,7 @@ def shingles(text: str, n: int = 3) -> list[bytes]:
 class Deduper:
     """Exact (hash of normalized text) and near (MinHash LSH) duplicate detection in bounded memory."""
 
-    def __init__(self, threshold: float, num_perm: int, capacity: int, seed: int = 1):
+    def __init__(self, threshold: float, num_perm: int, capacity: int, seed: int = 1, seed_capacity: int = 10_000):
         ds = require("datasketch", "near-duplicate filtering", package="datasketch[bloom]")
         bloom = require("pybloomfilter", "near-duplicate filtering", package="datasketch[bloom]")
         self._ds, self.num_perm, self.seed = ds, num_perm, seed
@@ -42,11 +110,13 @@ class Deduper:
         self._perms, self._scheme = template.permutations, template.scheme  # shared: building them is costly
         capacity = max(capacity, 1000)
         self.exact = bloom.BloomFilter(capacity, 1e-7)
-        self.seed_exact = bloom.BloomFilter(10_000, 1e-7)
+        seed_capacity = max(seed_capacity, 1000)  # sized for the seeds, so a large seed set keeps its error rate
+        self.seed_exact = bloom.BloomFilter(seed_capacity, 1e-7)
+        self.seed_ngrams = NgramIndex([])
         with warnings.catch_warnings():  # in memory on purpose: the index lives for one pass only
             warnings.filterwarnings("ignore", message="Creating LSHBloom index without save directory")
             self.near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=capacity, fp=1e-6)
-            self.seed_near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=10_000, fp=1e-6)
+            self.seed_near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=seed_capacity, fp=1e-6)
 
     def signature(self, text: str):
         m = self._ds.MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._perms,
@@ -58,14 +128,16 @@ class Deduper:
     def _key(text: str) -> int:
         return int.from_bytes(hashlib.blake2b(normalize(text).encode(), digest_size=8).digest(), "little") >> 1
 
-    def add_seed(self, text: str) -> None:
-        self.seed_exact.add(self._key(text))
-        self.seed_near.insert(self.signature(text))
+    def add_seeds(self, texts: list[str]) -> None:
+        for text in texts:
+            self.seed_exact.add(self._key(text))
+            self.seed_near.insert(self.signature(text))
+        self.seed_ngrams = NgramIndex(texts)
 
     def check(self, text: str) -> str | None:
         """The duplicate reason for ``text``, or None (and then it is remembered)."""
         key, sig = self._key(text), self.signature(text)
-        if key in self.seed_exact or self.seed_near.query(sig):
+        if key in self.seed_exact or self.seed_near.query(sig) or self.seed_ngrams.hits(text):
             return "copies_seed"
         if key in self.exact:
             return "exact_duplicate"
@@ -76,24 +148,30 @@ class Deduper:
         return None
 
 
-def reject_reason(row: dict, adapter, dedup: Deduper) -> str | None:
+def reject_reason(row: dict, adapter, dedup: Deduper, decontam: Decontaminator | None = None) -> str | None:
     if row["error"]:
         return row["error"].split(":")[0]
-    return adapter.check(row["instruction"], row["response"]) or dedup.check(row["instruction"])
+    reason = adapter.check(row["instruction"], row["response"])
+    if reason:
+        return reason
+    if row.get("verified") is False:
+        return "unverified"
+    if decontam is not None and decontam.contaminated(row["instruction"]):
+        return "contaminated"
+    return dedup.check(row["instruction"])
 
 
-def apply_filters(rows: list[dict], adapter, dedup: Deduper) -> list[dict]:
+def apply_filters(rows: list[dict], adapter, dedup: Deduper, decontam: Decontaminator | None = None) -> list[dict]:
     """Rows in, rows out (same order), each with ``valid`` and ``reject_reason``."""
     require_columns("filter", rows, ["id", "instruction", "response", "error"])
     out = []
     for r in rows:
-        reason = reject_reason(r, adapter, dedup)
+        reason = reject_reason(r, adapter, dedup, decontam)
         out.append({**r, "valid": reason is None, "reject_reason": reason})
     return out
 
 
 def make_deduper(seeds: list[dict], threshold: float, num_perm: int, capacity: int) -> Deduper:
-    dedup = Deduper(threshold, num_perm, capacity)
-    for s in seeds:
-        dedup.add_seed(s["instruction"])
+    dedup = Deduper(threshold, num_perm, capacity, seed_capacity=len(seeds))
+    dedup.add_seeds([s["instruction"] for s in seeds])
     return dedup

@@ -74,14 +74,33 @@ def require_columns(rows: list[dict], columns: list[str], path: Path, adapter: s
                 raise PsiRayError(f"{path}: row {i + 1} has an empty '{c}'")
 
 
+EXAMPLE_LABELS = ("Question:", "Answer:", "Instruction:", "Response:")  # every adapter's example labels
+_LABEL = re.compile(r"(?<![\w-])(Question|Answer|Instruction|Response|Example \d+)\s*:")  # capitalized, as labels are
+
+
+def leaked_label(text: str, labels: tuple[str, ...] = EXAMPLE_LABELS) -> str | None:
+    """The first example label (of ``labels``, or ``Example N:``) written inside ``text``, or None.
+
+    A label inside a parsed instruction or response means the model ran on into another example, or copied
+    the prompt's scaffolding ("Please replace \"Question:\"") into the data.
+    """
+    wanted = {lab.rstrip(":") for lab in labels}
+    for m in _LABEL.finditer(text):
+        word = m.group(1)
+        if word in wanted or word.startswith("Example"):
+            return m.group(0)
+    return None
+
+
 def split_labelled(text: str, first: str, second: str) -> tuple[str, str]:
     """Split ``"<first>: ...<second>: ..."`` into its two parts (labels matched case-insensitively)."""
+    first, second = re.escape(first.rstrip(":")), re.escape(second.rstrip(":"))
     m = re.search(rf"{first}\s*:\s*(.+?)\n\s*\**{second}\s*\**\s*:\s*(.+)", text, re.DOTALL | re.IGNORECASE)
     if not m:
         raise ParseError(f"no '{first}:' followed by '{second}:'")
     a, b = m.group(1).strip(" *\n"), m.group(2).strip()
-    # A model that goes on to write another pair: keep the first one only.
-    b = re.split(rf"\n\s*\**{first}\s*\**\s*:", b, flags=re.IGNORECASE)[0].strip()
+    # A model that goes on to write another pair (or "Example 3:"): keep the first one only.
+    b = re.split(rf"\n\s*\**(?:{first}|Example \d+)\s*\**\s*:", b, flags=re.IGNORECASE)[0].strip()
     if not a or not b:
         raise ParseError(f"empty '{first}' or '{second}'")
     return a, b

@@ -27,10 +27,10 @@ def test_split_principles():
     text = "Intro line\n1. Read the problem twice before solving.\n2) Write every step down clearly.\n- short\n" \
            "* Check units and the final number.\n1. Read the problem twice before solving."
     assert principles.split_principles("1." + " Keep the first item, it is long enough.\n2. In the first example, x.") \
-        == ["Keep the first item, it is long enough."]
+        == ["Keep the first item, it is long enough.", "In the first example, x."]  # hygiene rejects, not drops
     assert principles.split_principles(text) == [
-        "Read the problem twice before solving.", "Write every step down clearly.",
-        "Check units and the final number."]
+        "Read the problem twice before solving.", "Write every step down clearly.", "short",
+        "Check units and the final number.", "Read the problem twice before solving."]
 
 
 def principles_prompt():
@@ -98,7 +98,7 @@ def test_filter_reasons(seed_rows):
     ]
     out = filters.apply_filters(rows, a, filters.make_deduper(seed_rows, 0.7, 64, capacity=100))
     assert [r["reject_reason"] for r in out] == [
-        None, "near_duplicate", "exact_duplicate", "wrong_calculation", "copies_seed", "parse"]
+        None, "near_duplicate", "exact_duplicate", "wrong_equation", "copies_seed", "parse"]
     recs = dataset.to_records(out, "gsm8k", "psi", {"temperature": 0.7})
     assert len(recs) == 1 and recs[0]["messages"][1]["role"] == "assistant"
 

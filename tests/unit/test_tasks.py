@@ -14,7 +14,7 @@ def test_gsm8k_check():
     a = get_adapter("gsm8k")
     q = "Tom has 3 bags with 4 apples each and finds one more. How many apples?"
     assert a.check(q, GOOD) is None
-    assert a.check(q, GOOD.replace("=12>>", "=11>>")) == "wrong_calculation"
+    assert a.check(q, GOOD.replace("=12>>", "=11>>")) == "wrong_equation"
     assert a.check(q, GOOD.replace("#### 13", "")) == "no_final_answer"
     assert a.check(q, "<<2//0=1>>\n#### 1") == "bad_calculation"
     assert final_answer("x\n#### 1,234") == "1234"
