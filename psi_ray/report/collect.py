@@ -141,6 +141,17 @@ def _validity(manifests: dict) -> dict | None:
             "valid_rate": kept / generated if generated else None}
 
 
+def _hygiene(manifests: dict) -> dict | None:
+    """Principle hygiene: kept and rejected-by-reason counts of the principles and summarize manifests."""
+    out = {}
+    for stage in ("principles", "summarize"):
+        m = manifests.get(stage)
+        if m is not None and "rejected" in m:
+            kept = m.get("kept", m.get("summaries_used"))
+            out[stage] = {"kept": int(kept or 0), "rejected": {str(k): int(v) for k, v in m["rejected"].items()}}
+    return out or None
+
+
 def _scores(data: dict | None) -> dict | None:
     """``eval/scores.json``'s ``tasks`` as {task: {metric: value}}; a bare number becomes ``{"score": value}``."""
     tasks = (data or {}).get("tasks") if isinstance(data, dict) else None
@@ -197,7 +208,7 @@ def collect(run_dir) -> dict:
         "generated": generated, "valid": valid,
         "valid_rate": valid / generated if valid is not None and generated else None,
         "per_1k_valid": per_1k, "tokens": tokens, "tokens_by_stage": tokens_by_stage,
-        "principles": tree, "projection": points, "validity": validity,
+        "principles": tree, "projection": points, "validity": validity, "hygiene": _hygiene(manifests),
         "eval": _scores(scores), "eval_limit": (scores or {}).get("limit") if isinstance(scores, dict) else None,
         "dataset": (manifests.get("dataset") or {}).get("dataset"), "notes": notes,
     }

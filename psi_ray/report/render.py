@@ -300,6 +300,15 @@ def _validity_table(v: dict) -> tuple[list[str], list[list[str]]]:
     return ["outcome", "instances", "share"], rows
 
 
+def _hygiene_table(h: dict) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for stage, v in h.items():
+        what = "low-level principles (stage 2)" if stage == "principles" else "summaries used (stage 4)"
+        rows.append([what, "kept", num(v["kept"])])
+        rows += [[what, reason, num(n)] for reason, n in sorted(v["rejected"].items())]
+    return ["principles", "outcome", "count"], rows
+
+
 # ---- HTML ----------------------------------------------------------------------------------------------------
 
 CSS = """
@@ -380,6 +389,12 @@ def render_html(run: dict, comp: dict | None = None) -> str:
         head, body = _validity_table(run["validity"])
         out.append(_section("validity", "Validity and reject reasons",
                             _img(fig_validity(run["validity"]), "validity and reject reasons"), _table(head, body)))
+    if run.get("hygiene"):
+        out.append(_section("hygiene", "Principle hygiene",
+                            "<p>Principles that echo the prompt, repeat words, are numbered stubs, too short or "
+                            "long, or near-duplicate another are kept with a reason and never guide instances; a "
+                            "rejected summary falls back to its cluster's most central valid member.</p>",
+                            _table(*_hygiene_table(run["hygiene"]))))
     if run["principles"]:
         items = "".join(
             f"<li><b>{_e(h['id'])}</b> {_e(h['text'] or '(no text: ' + str(h['error']) + ')')} "
@@ -421,6 +436,8 @@ def render_markdown(run: dict, comp: dict | None = None) -> str:
         out += ["## Throughput per model tier", "", _md_table(*_token_table(run)), ""]
     if run["validity"]:
         out += ["## Validity and reject reasons", "", _md_table(*_validity_table(run["validity"])), ""]
+    if run.get("hygiene"):
+        out += ["## Principle hygiene", "", _md_table(*_hygiene_table(run["hygiene"])), ""]
     if run["principles"]:
         out += ["## Principle tree", ""]
         for h in run["principles"]:

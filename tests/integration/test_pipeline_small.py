@@ -54,3 +54,50 @@ def test_small_psi_run(tmp_path, adapter, seeds):
     assert (run / "07_dataset" / "README.md").read_text().count("H0") >= 2  # the card lists the principles
     tree = run_cli("principles", str(run))
     assert tree.returncode == 0 and "H00" in tree.stdout
+
+
+def test_generic_run_writes_no_gsm8k_labels(tmp_path):
+    """The generic adapter's own labels shape the prompts; no kept row carries another adapter's labels."""
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(adapter="generic", seeds="builtin:generic_seeds.jsonl"))
+    res = run_cli("run", str(job), "--no-report", timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    from psi_ray.rundir import StageDir
+
+    run = tmp_path / "runs" / "small-psi"
+    inst = StageDir(run, 5, "instances").read()
+    assert all(r["instruction"] == "" or "Question:" not in r["instruction"] for r in inst)
+    import pyarrow.parquet as pq
+
+    for row in pq.read_table(run / "07_dataset" / "data.parquet").to_pylist():
+        for m in row["messages"]:
+            assert "Question:" not in m["content"] and "Answer:" not in m["content"]
+
+
+def test_verify_stage_and_principles_from_a_file(tmp_path):
+    """Curated principles skip M_L; stage 5b re-solves each checkable instance; the filter rejects exactly the
+    rows whose majority answer was not their own, and counts them."""
+    principles = tmp_path / "principles.yaml"
+    principles.write_text("- Write every calculation as an equation and check its result.\n"
+                          "- Read the question twice and list the quantities it gives.\n"
+                          "- Study how new problems solve a classic classic classic classic step.\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB.format(adapter="gsm8k", seeds=ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl")
+                   .replace("principles: {subsets: 2", f"principles: {{source: file, file: {principles}, subsets: 2")
+                   + "verify: {enabled: true, tier: generator, samples: 2, sampling: {max_tokens: 48}}\n")
+    res = run_cli("run", str(job), "--no-report", timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    from psi_ray.rundir import StageDir
+
+    run = tmp_path / "runs" / "small-psi"
+    low = json.loads((run / "02_principles" / "manifest.json").read_text())
+    assert low["kept"] == 2 and low["rejected"] == {"repetition": 1}
+    assert not (run / "01_expand").exists() and not (run / "03_cluster").exists()
+    assert [h["principle_id"] for h in StageDir(run, 4, "summarize").read()] == ["H00", "H01"]
+    v = json.loads((run / "05_verify" / "manifest.json").read_text())
+    rows = StageDir(run, 5, "verify").read()
+    assert len(rows) == 8 and v["rows"] == 8 and v["checked"] == sum(r["verified"] is not None for r in rows)
+    assert v["tokens"]["verify (generator)"]["requests"] == 2 * v["checked"]
+    f = json.loads((run / "06_filter" / "manifest.json").read_text())
+    assert f["rejected"].get("unverified", 0) == v["disagreed"]
+    assert set(f["decontaminated_against"]) == {"gsm8k", "mmlu"}
