@@ -340,14 +340,15 @@ def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):
     dedup = filters.make_deduper(seed_rows, fc.near_duplicate_threshold, fc.num_perm, r.cfg.instances.count)
     questions = [q for task in fc.decontaminate for q in eval_questions(task)]
     decontam = filters.Decontaminator(questions, fc.decontaminate_threshold, fc.num_perm) if questions else None
-    reasons: dict[str, int] = defaultdict(int)
+    reasons: dict[str, int] = dict.fromkeys((*filters.REASONS, *r.adapter.reject_reasons), 0)  # zeros shown too
     total = 0
     for part, path in made.parts().items():
         rows = filters.apply_filters(read_parquet_rows([path]), r.adapter, dedup, decontam)
         sd.write_part(part, rows)
         total += len(rows)
         for x in rows:
-            reasons[x["reject_reason"] or "kept"] += 1
+            key = x["reject_reason"] or "kept"
+            reasons[key] = reasons.get(key, 0) + 1
     return None, {"rows": total, "kept": reasons.pop("kept", 0), "rejected": dict(sorted(reasons.items())),
                   "decontaminated_against": {t: len(eval_questions(t)) for t in fc.decontaminate}}
 

@@ -25,6 +25,7 @@ from psi_ray.stages import require_columns
 WORD = re.compile(r"\w+")
 DIGITS = re.compile(r"\d+")
 NGRAM = 13  # the GPT-3 / lm-eval decontamination n-gram
+REASONS = ("parse", "engine", "unverified", "contaminated", "copies_seed", "exact_duplicate", "near_duplicate")
 
 
 def normalize(text: str) -> str:

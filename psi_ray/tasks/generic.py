@@ -33,6 +33,9 @@ class GenericAdapter:
     name = "generic"
     description = "instructions and helpful responses"
     builtin_seeds = "builtin:generic_seeds.jsonl"  # shipped in psi_ray/data (see its README)
+    reject_reasons = (  # what check() can return, so the filter manifest lists zeros too
+        "too_long", "instruction_too_short", "response_too_short", "label_leak", "echo", "repetition",
+    )
     has_answer = False  # answer agreement (stage 5b) can compare answers
     labels = ("Instruction:", "Response:")  # an example is "Instruction: ...\nResponse: ..."
     first_label = labels[0]  # the model's answer is begun with it, so a small model keeps the format

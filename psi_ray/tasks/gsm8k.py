@@ -39,6 +39,10 @@ class GSM8KAdapter:
     name = "gsm8k"
     description = "grade-school math word problems solved step by step"
     builtin_seeds = "builtin:gsm8k_seeds.jsonl"  # shipped in psi_ray/data (see its README)
+    reject_reasons = (  # what check() can return, so the filter manifest lists zeros too
+        "too_long", "no_final_answer", "question_too_short", "label_leak", "bad_calculation",
+        "wrong_equation", "answer_mismatch",
+    )
     has_answer = True  # answer agreement (stage 5b) can compare answers
     labels = ("Question:", "Answer:")  # an example is "Question: ...\nAnswer: ..."
     first_label = labels[0]  # the model's answer is begun with it, so a small model keeps the format

@@ -21,6 +21,9 @@ class MMLUAdapter:
     name = "mmlu"
     description = "multiple-choice knowledge questions with four options"
     builtin_seeds = "builtin:mmlu_dev_seeds.csv"  # shipped in psi_ray/data (see its README)
+    reject_reasons = (  # what check() can return, so the filter manifest lists zeros too
+        "not_four_choices", "duplicate_choices", "no_answer_letter", "question_too_short", "label_leak",
+    )
     has_answer = True  # answer agreement (stage 5b) can compare answers
     labels = ("Question:", "Answer:")  # an example is "Question: ...\nA. ...\nD. ...\nAnswer: X"
     first_label = labels[0]  # the model's answer is begun with it, so a small model keeps the format
