@@ -20,6 +20,7 @@ from psi_ray.tasks.base import leaked_label, read_records, require_columns, spli
 # Linear-time: one digit run, then optional comma groups and decimals (no nested quantifiers over digits).
 FINAL = re.compile(r"####\s*\$?\s*(-?\d[\d,]{0,40}(?:\.\d{1,20})?)\s*$")
 STEP = arith.STEP
+LAST_NUMBER = re.compile(r"-?\$?\d[\d,]{0,30}(?:\.\d{1,10})?")
 MAX_RESPONSE_CHARS = 8000  # a worked solution is a few hundred characters; longer is runaway output
 
 
@@ -77,8 +78,13 @@ class GSM8KAdapter:
         return question, "\n".join(lines).strip()
 
     def answer_of(self, response: str) -> str | None:
-        """The final number of a solution, normalized (``1,000.0`` → ``1000``), for answer agreement."""
+        """The final number of a solution, normalized (``1,000.0`` → ``1000``), for answer agreement: the
+        ``#### n`` line, or else the last number written (lm-eval's flexible extraction), because a verifier
+        asked to solve a question does not always end with the ``####`` line."""
         ans = final_answer(response)
+        if ans is None:
+            numbers = LAST_NUMBER.findall(response[-400:])
+            ans = numbers[-1] if numbers else None
         value = arith.parse_number(ans) if ans is not None else None
         return None if value is None else str(value)
 

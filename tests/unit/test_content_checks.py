@@ -135,7 +135,7 @@ def test_verify_agreement():
     plan = verify.build_prompts(rows, GSM, 3)
     assert [p["id"] for p in plan] == ["a#0", "a#1", "a#2"] and Q in plan[0]["prompt"][0]["content"]
     got = [{"id": "a#0", "raw_output": "... #### 5", "error": None},
-           {"id": "a#1", "raw_output": "... #### 5.0", "error": None},
+           {"id": "a#1", "raw_output": "2 + 3 makes 5.0 pages in all.", "error": None},
            {"id": "a#2", "raw_output": "#### 7", "error": None}]
     out = verify.parse_outputs(rows, got, GSM, 0.5)
     assert out[0]["verified"] is True and out[0]["agreement"] == pytest.approx(2 / 3)
