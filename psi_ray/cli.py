@@ -32,7 +32,8 @@ def cmd_generate(args) -> int:
 
     options = {}
     if args.backend == "openai":
-        options.update(base_url=args.base_url, api_key_env=args.api_key_env)
+        options.update(base_url=args.base_url, api_key_env=args.api_key_env,
+                       allow_insecure_key=args.allow_insecure_key)
     backend = load_backend(args.backend, args.model, **options)
     if hasattr(backend, "check"):
         backend.check()
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per completion")
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai backend: the endpoint")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: env var holding the API key")
+    p.add_argument("--allow-insecure-key", action="store_true",
+                   help="openai backend: send the key over plain http to a non-loopback host (refused otherwise)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("validate", help="validate job YAML files", description=cmd_validate.__doc__)

@@ -61,7 +61,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / "eval" / _slug(args.target)
     report = evaluate(args.target, args.tasks, out, limit=args.limit, tokenizer=args.tokenizer,
                       api_key_env=args.api_key_env, max_gen_tokens=args.max_gen_tokens,
-                      concurrency=args.concurrency)
+                      concurrency=args.concurrency, allow_insecure_key=args.allow_insecure_key)
     print(f"\n{'task':<8} {'metric':<30} value")
     for task, metrics in report["tasks"].items():
         for metric, value in metrics.items():
@@ -127,6 +127,8 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<name>)")
     p.add_argument("--tokenizer", default=None, help="the endpoint model's tokenizer folder (log-likelihood tasks)")
     p.add_argument("--api-key-env", default=None, metavar="VAR", help="env var holding the endpoint's API key")
+    p.add_argument("--allow-insecure-key", action="store_true",
+                   help="send the key over plain http to a non-loopback endpoint (refused otherwise)")
     p.add_argument("--max-gen-tokens", type=int, default=256, help="generation budget per answer (default 256)")
     p.add_argument("--concurrency", type=int, default=64,
                    help="requests in flight; the server batches them into one generate call (default 64)")

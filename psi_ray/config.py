@@ -3,23 +3,38 @@
 ``psi-ray validate FILE`` reports every error at once, each with its field path. Relative paths in a job
 file are resolved against the file's folder; ``builtin:NAME`` names data shipped inside the package.
 Defaults that the PSI paper does not fix are ours and say so in their description.
+
+Bad input stops here, not mid-run: the YAML loader refuses alias bombs, recursive aliases, deep nesting and
+duplicate keys; a backend's ``options`` are JSON-like values whose keys and types are checked against that
+backend's constructor (a misspelt key or a YAML date is a config error with its field path); numbers are
+finite. Secrets never leave in a dump: :meth:`JobConfig.redacted_dump` masks every value whose key looks like
+a secret (``api_key``, ``hf_token``, ``password``...), for ``config.json`` and the dataset card.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from psi_ray.errors import PsiRayError
 
+MAX_JOB_FILE_BYTES = 1 << 20  # a job file is a page of settings; a bigger one is a mistake (or an attack)
+MAX_YAML_NODES = 20_000  # values after expanding aliases: an alias bomb expands to billions
+MAX_YAML_DEPTH = 32  # nesting levels, aliases expanded (the deepest job is 4 levels)
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Sampling(Strict):
@@ -41,9 +56,10 @@ class ModelSpec(Strict):
 
     model: str = Field("smollm2-135m", description="built-in name, local HF folder, hub id, or served name")
     backend: Literal["vllm", "hf", "openai"] = Field("vllm", description="generation engine")
-    options: dict = Field(
+    options: dict[str, Any] = Field(
         default_factory=dict,
-        description="engine options (vllm: max_model_len, ...; hf: batch_size; openai: base_url, api_key_env)",
+        description="engine options, checked against the backend's keyword arguments (vllm: max_model_len, "
+        "...; hf: batch_size; openai: base_url, api_key_env, allow_insecure_key)",
     )
     resources: dict[str, float] = Field(
         default_factory=dict,
@@ -53,6 +69,21 @@ class ModelSpec(Strict):
     num_gpus: float = Field(0, ge=0, description="GPUs the engine actor reserves from Ray")
     replicas: int = Field(1, ge=1, description="engine actors for this tier")
     batch_size: int = Field(64, ge=1, description="prompts handed to the engine at once")
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options_fit_backend(cls, value, info):
+        if not isinstance(value, dict):
+            return value  # pydantic says what it should be
+        problems = _not_json_like(value, "")
+        backend = info.data.get("backend")  # absent when the backend itself is invalid (reported already)
+        if backend:
+            bad = {k for k in value if not isinstance(k, str) or any(p.startswith((f"{k}:", f"{k}[", f"{k}."))
+                                                                     for p in problems)}
+            problems += _option_problems(backend, {k: v for k, v in value.items() if k not in bad})
+        if problems:
+            raise PydanticCustomError("backend_options", "{problems}", {"problems": "; ".join(problems)})
+        return value
 
 
 class TaskSpec(Strict):
@@ -161,9 +192,10 @@ class EvalSpec(Strict):
 class JobConfig(Strict):
     """A whole psi-ray job."""
 
-    name: str = "psi"
+    name: str = Field("psi", description="names the run folder (<name>-<method>): a plain folder name")
     method: Literal["psi", "teacher", "student"] = "psi"
-    seed: int = Field(0, description="every random choice derives from it; recorded in each manifest")
+    seed: int = Field(0, ge=0, lt=2**32, description="every random choice derives from it; recorded in each "
+                      "manifest (numpy, scikit-learn and vLLM take 32-bit seeds)")
     runs_dir: str = Field("runs", description="where runs/<run_id>/ go")
     run_id: str | None = Field(None, description="default: <name>-<method>")
     task: TaskSpec = Field(default_factory=TaskSpec)
@@ -182,6 +214,15 @@ class JobConfig(Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     carbon: CarbonSpec = Field(default_factory=CarbonSpec)
     base_dir: str = Field(".", description="folder relative paths resolve against (set by load_config)")
+
+    @field_validator("name", "run_id")
+    @classmethod
+    def _folder_name(cls, value: str | None):
+        if value is not None and (value in ("", ".", "..") or len(value) > 200
+                                  or re.search(r"[/\\\x00-\x1f]", value)):
+            raise ValueError(f"must be a plain folder name (no '/', '\\', '..' or control characters), "
+                             f"got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _principle_file_named(self):
@@ -219,13 +260,181 @@ class JobConfig(Strict):
             data = {k: data[k] for k in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+    def redacted_dump(self, **kwargs) -> dict:
+        """``model_dump`` (JSON mode) with every value whose key looks like a secret replaced by ``***``.
+
+        What ``config.json`` and the dataset card hold: an ``options: {hf_token: ...}`` or ``engine_kwargs``
+        secret never reaches a file. A key that names where a secret lives (``api_key_env``) is kept.
+        """
+        return redact(self.model_dump(mode="json", **kwargs))
+
+    def redacted_json(self, indent: int | None = 2, **kwargs) -> str:
+        return json.dumps(self.redacted_dump(**kwargs), indent=indent, ensure_ascii=False)
+
+
+_SECRET_WORDS = {"token", "password", "passwd", "passphrase", "secret", "apikey", "credential", "credentials",
+                 "auth", "authorization", "cookie", "privatekey"}
+_SECRET_PAIRS = {("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key"), ("session", "key")}
+_NAMES_A_PLACE = {"env", "var", "path", "file", "dir", "mode", "type"}  # api_key_env names a variable
+
+
+def looks_secret(key: str) -> bool:
+    """Whether a setting named ``key`` holds a secret: ``api_key``, ``hf_token``, ``apiKey``, ``DB_PASSWORD``,
+    but not ``max_tokens``, ``tokenizer`` or ``api_key_env`` (which names the variable the key is in)."""
+    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower())
+    if not words or words[-1] in _NAMES_A_PLACE:
+        return False
+    pairs = zip(words, words[1:], strict=False)
+    return any(w in _SECRET_WORDS for w in words) or any(p in _SECRET_PAIRS for p in pairs)
+
+
+def redact(data):
+    """A copy of ``data`` (dicts, lists, scalars) with the values of secret-looking keys masked."""
+    if isinstance(data, dict):
+        return {k: ("***" if looks_secret(k) and v not in (None, "") else redact(v)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    return data
+
+
+_KINDS = [(bool, "a boolean"), (datetime.datetime, "a YAML timestamp"), (datetime.date, "a YAML date"),
+          (bytes, "YAML binary data"), (set, "a YAML set"), (type(None), "null"), ((int, float), "a number")]
+
+
+def _not_json_like(value, path: str) -> list[str]:
+    """Where ``value`` holds what JSON cannot (a YAML date, a non-string key, NaN): ``path: why`` each."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return []
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{path}: {value} is not a finite number"]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _not_json_like(v, f"{path}[{i}]")]
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            if isinstance(k, str):
+                out += _not_json_like(v, f"{path}.{k}" if path else k)
+            else:
+                out.append(f"{path + ': ' if path else ''}key {k!r} is {_kind(k)}, not a string (quote it)")
+        return out
+    return [f"{path}: {_kind(value)} ({str(value)[:40]}) is not a JSON value; quote it to keep it as text"]
+
+
+def _kind(value) -> str:
+    return next((name for t, name in _KINDS if isinstance(value, t)), f"a {type(value).__name__}")
+
+
+@functools.cache
+def _options_model(backend: str):
+    """A strict pydantic model of ``backend``'s keyword arguments (its ``options``), from its signature."""
+    import inspect
+    import typing
+
+    from pydantic import create_model
+
+    from psi_ray.backends import backend_class
+
+    init = backend_class(backend).__init__
+    hints = typing.get_type_hints(init)
+    params = inspect.signature(init).parameters.items()
+    fields = {name: (hints.get(name, Any), p.default) for name, p in params
+              if name not in ("self", "model") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    return create_model(f"{backend.title()}Options", __config__=config, **fields)
+
+
+def _option_problems(backend: str, options: dict) -> list[str]:
+    model = _options_model(backend)
+    try:
+        model.model_validate(options)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                hint = (f"; a secret does not belong in a job file: put it in an environment variable"
+                        f"{' and name that with api_key_env' if backend == 'openai' else ''}"
+                        if looks_secret(key) else "")
+                problems.append(f"{key}: unknown option for the {backend} backend (it takes: "
+                                f"{', '.join(sorted(model.model_fields))}){hint}")
+            else:
+                problems.append(f"{key}: {err['msg']}")
+        return problems
+    return []
+
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: {exc.error_count()} error(s)"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
+        lines.append(f"  {loc}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
+
+
+def _job_loader():
+    """A ``yaml.SafeLoader`` that refuses what would hang or crash a run later (see ``load_config``).
+
+    Anchors and aliases stay allowed (sharing one sampling block is a fair use), but the document is measured
+    as if every alias were written out: more than ``MAX_YAML_NODES`` values or ``MAX_YAML_DEPTH`` levels is
+    refused, as is an alias inside its own anchor (a recursive structure). Counting alias *events* would not
+    do: nine aliases of nine aliases already make 9**9 values.
+    """
+    import yaml
+    from yaml.composer import ComposerError
+    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    class Refused(ComposerError):
+        refused = True
+
+        def __init__(self, problem, mark):
+            super().__init__(None, None, problem, mark)
+
+    class JobLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    raise Refused(f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def compose_document(self):
+            node = super().compose_document()
+            self._measure(node, {}, set())
+            return node
+
+        def _measure(self, node, seen: dict, open_: set) -> tuple[int, int]:
+            """(values, depth) of ``node`` with aliases expanded; shared nodes are measured once."""
+            if id(node) in seen:
+                return seen[id(node)]
+            if id(node) in open_:
+                raise Refused("an alias refers to a value that contains it (recursive YAML)", node.start_mark)
+            open_.add(id(node))
+            kids = node.value if isinstance(node, SequenceNode) else \
+                [n for pair in node.value for n in pair] if isinstance(node, MappingNode) else []
+            sizes = [self._measure(k, seen, open_) for k in kids]
+            size, depth = 1 + sum(s for s, _ in sizes), 1 + max((d for _, d in sizes), default=0)
+            if size > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
+                raise Refused(f"aliases expand to more than {MAX_YAML_NODES} values or {MAX_YAML_DEPTH} "
+                              "levels (an alias bomb?); write the values out", node.start_mark)
+            open_.discard(id(node))
+            seen[id(node)] = size, depth
+            return size, depth
+
+        def construct_mapping(self, node, deep=False):
+            keys: set = set()
+            for k, _ in node.value if isinstance(node, MappingNode) else []:
+                if isinstance(k, ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if (k.tag, k.value) in keys:
+                        raise Refused(f"duplicate key '{k.value}' (the later one would silently win)",
+                                      k.start_mark)
+                    keys.add((k.tag, k.value))
+            return super().construct_mapping(node, deep)
+
+    return JobLoader
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
@@ -233,16 +442,24 @@ def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PsiRayError(f"config file not found: {path}")
+    if not path.is_file():
+        raise PsiRayError(f"{path}: not a regular file (a folder, device or pipe); name a job YAML file")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_JOB_FILE_BYTES + 1)
+    if len(raw) > MAX_JOB_FILE_BYTES:
+        raise PsiRayError(f"{path}: larger than {MAX_JOB_FILE_BYTES // 1024} KiB; a job file holds settings "
+                          "only")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(raw.decode("utf-8"), Loader=_job_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise PsiRayError(f"{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    except UnicodeDecodeError:
-        raise PsiRayError(f"{path}: not UTF-8 text") from None
+        what = "refused YAML" if getattr(exc, "refused", False) else "malformed YAML"
+        raise PsiRayError(f"{where}: {what}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise PsiRayError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from psi_ray import carbon, closing
 from psi_ray.config import JobConfig, ModelSpec
+from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
 from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, read_parquet_rows
 from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize, verify
@@ -103,6 +104,9 @@ def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list
         num_gpus=spec.num_gpus,
         resources=spec.resources or None,
         batch_format="numpy",
+        # vLLM's CPU engine runs in a grandchild of the actor; Ray's default kill of the actor's direct
+        # children at exit orphans multiprocessing's resource tracker, which then prints KeyError lines
+        runtime_env={"env_vars": {"RAY_kill_child_processes_on_worker_exit": "0"}},
     )
     out: list[dict] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -181,8 +185,11 @@ def run(cfg: JobConfig) -> Path:
 
         check_resources(cfg.train)
     r = Run(cfg)
-    r.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(r.dir / "config.json", cfg.model_dump_json(indent=2))
+    try:
+        r.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # runs_dir under a file, read-only, ...
+        raise PsiRayError(f"cannot create the run directory {r.dir}: {exc.strerror or exc}") from None
+    atomic_write_text(r.dir / "config.json", cfg.redacted_json(indent=2))  # secrets in options never hit disk
     init_ray()
     r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}))
     high: list[dict] = []

@@ -8,8 +8,10 @@ engine it holds. Failures of single requests come back as ``Generation.error`` s
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 Message = dict[str, str]
 Prompt = str | list[Message]
@@ -100,3 +102,40 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Truncate ``text`` at the first stop string; say whether one was found."""
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """``localhost`` or a loopback IP literal (127.0.0.0/8, ::1, ::ffff:127.x). Names are not resolved: a DNS
+    answer can change between this check and the request, so only what is loopback by definition counts."""
+    if not host:
+        return False
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def sends_in_clear(url: str) -> bool:
+    """True when a request to ``url`` would cross a network unencrypted: plain ``http://`` (or no scheme,
+    which HTTP clients read as http) to a host that is not this machine. A bearer secret sent that way can be
+    read by anyone on the path, so callers refuse to attach one unless the user says so."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return parts.scheme.lower() != "https" and not is_loopback_host(parts.hostname)
+
+
+def check_key_transport(url: str, key: str | None, key_env: str | None, allow_insecure: bool, switch: str) -> None:
+    """Refuse (``PsiRayError``) to send ``key`` (read from ``$key_env``) to ``url`` over plain http to another
+    host, unless ``allow_insecure`` (the user's explicit ``switch``) says so."""
+    if key and sends_in_clear(url) and not allow_insecure:
+        from psi_ray.errors import PsiRayError
+
+        host = urlsplit(url if "://" in url else f"http://{url}").hostname
+        raise PsiRayError(
+            f"refusing to send the API key from ${key_env} over plain http to {host} ({url}), where anyone on "
+            f"the network path can read it; use https://, a loopback address (an SSH tunnel), unset the key, or "
+            f"pass {switch}")

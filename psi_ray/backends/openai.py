@@ -12,9 +12,12 @@ once, becomes ``Generation(text="", error=...)`` on that prompt's ``n`` rows. Ou
 order, ``n`` consecutive generations per prompt.
 
 The API key is read from the environment variable named by ``api_key_env`` (default ``OPENAI_API_KEY``)
-when the first request is made, and lives only in the HTTP client's headers: it never appears in ``repr``,
-logs or error messages. :meth:`OpenAIBackend.check` probes ``GET {base_url}/models`` so the CLI can fail
-early with one line when the endpoint is unreachable.
+when the backend is built and again when the first request is made, and lives only in the HTTP client's
+headers: it never appears in ``repr``, logs or error messages. A key is never sent over plain ``http://`` to a
+host other than this machine (anyone on the path could read it): such a backend is refused with one line
+unless the job sets ``allow_insecure_key: true``; use ``https://``, a loopback address (an SSH tunnel or
+``kubectl port-forward``), or no key. :meth:`OpenAIBackend.check` probes ``GET {base_url}/models`` so the CLI
+can fail early with one line when the endpoint is unreachable.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import httpx
 
-from psi_ray.backends.base import Generation, Prompt, SamplingParams
+from psi_ray.backends.base import Generation, Prompt, SamplingParams, check_key_transport
 from psi_ray.errors import PsiRayError
 
 _MAX_BACKOFF_S = 30.0
@@ -52,11 +56,17 @@ class OpenAIBackend:
 
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 16, max_retries: int = 4, timeout: float = 60.0, backoff: float = 0.5,
-                 **_ignored):
+                 allow_insecure_key: bool = False, **_ignored):
         if concurrency < 1:
             raise PsiRayError("openai backend: concurrency must be >= 1")
         if max_retries < 0:
             raise PsiRayError("openai backend: max_retries must be >= 0")
+        if not timeout > 0 or not backoff >= 0:
+            raise PsiRayError("openai backend: timeout must be > 0 and backoff >= 0")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PsiRayError(f"openai backend: base_url '{base_url}' is not an http:// or https:// URL "
+                              "(e.g. http://127.0.0.1:8000/v1)")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -64,9 +74,11 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self.timeout = timeout
         self.backoff = backoff
+        self.allow_insecure_key = allow_insecure_key
         self._client: httpx.Client | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._api_key()  # refuse an insecure key now, before any stage starts, not at the first request
 
     def __repr__(self) -> str:
         return (f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, "
@@ -130,7 +142,7 @@ class OpenAIBackend:
         with self._lock:
             if self._client is None:
                 headers = {"Content-Type": "application/json"}
-                key = os.environ.get(self.api_key_env) if self.api_key_env else None
+                key = self._api_key()  # read again: this may be another process (a Ray worker), another env
                 if key:
                     headers["Authorization"] = f"Bearer {key}"
                 limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
@@ -206,6 +218,13 @@ class OpenAIBackend:
         return gens
 
     # -- helpers ------------------------------------------------------------------------------------------
+
+    def _api_key(self) -> str | None:
+        """The key in ``$api_key_env`` (None when unset or empty); refused for plain http to another host."""
+        key = (os.environ.get(self.api_key_env) or "").strip() if self.api_key_env else ""
+        check_key_transport(self.base_url, key, self.api_key_env, self.allow_insecure_key,
+                            "the option allow_insecure_key: true (openai backend)")
+        return key or None
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter (0.5x-1.5x), at least the server's Retry-After when it sent one."""

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from psi_ray.backends.base import check_key_transport
 from psi_ray.errors import PsiRayError, last_line, require
 
 HERE = Path(__file__).parent
@@ -83,13 +84,17 @@ def served_name(base_url: str, api_key: str | None) -> str:
 
 def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | None = None,
              tokenizer: str | None = None, api_key_env: str | None = None, max_gen_tokens: int = 256,
-             concurrency: int = 64) -> dict:
-    """Score ``target`` (endpoint URL or model) on ``tasks``; write lm-eval's outputs and ``scores.json``."""
+             concurrency: int = 64, allow_insecure_key: bool = False) -> dict:
+    """Score ``target`` (endpoint URL or model) on ``tasks``; write lm-eval's outputs and ``scores.json``.
+
+    A key from ``$api_key_env`` is refused for plain http to another host unless ``allow_insecure_key``."""
     require("lm_eval", "evaluation", package="lm-eval[api]")
     tasks = parse_tasks(tasks)
+    api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+    if target.startswith(("http://", "https://")):
+        check_key_transport(target, api_key, api_key_env, allow_insecure_key, "--allow-insecure-key")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    api_key = os.environ.get(api_key_env, "") if api_key_env else ""
     needs_tokens = [t for t in tasks if TASKS[t].kind == "loglikelihood"]
     if needs_tokens and not tokenizer and target.startswith(("http://", "https://")):
         raise PsiRayError(f"task(s) {', '.join(needs_tokens)} score log-likelihoods of token ids: pass --tokenizer "
@@ -144,7 +149,9 @@ def _run_lm_eval(spec: Task, base_url: str, name: str, tokenizer: str | None, in
 
 
 def _write_samples(path: Path, samples: list[dict]) -> None:
+    """One line per question and filter (lm-eval logs a task with two filters, like GSM8K's strict-match and
+    flexible-extract, twice per question: ``filter`` says which line is which)."""
     with open(path, "w", encoding="utf-8") as f:
         for s in samples:
-            f.write(json.dumps({k: s.get(k) for k in ("doc_id", "doc", "target", "resps", "filtered_resps",
+            f.write(json.dumps({k: s.get(k) for k in ("doc_id", "filter", "doc", "target", "resps", "filtered_resps",
                                                        "exact_match", "acc")}, default=str) + "\n")

@@ -45,5 +45,5 @@ def card(cfg, principles: list[dict], counts: dict, models: dict) -> str:
         lines += ["## High-level principles", ""]
         lines += [f"- **{p['principle_id']}**: {p['text']}" for p in principles]
         lines.append("")
-    lines += ["## Config", "", "```json", json.dumps(cfg.model_dump(exclude={"base_dir"}), indent=2), "```", ""]
+    lines += ["## Config", "", "```json", json.dumps(cfg.redacted_dump(exclude={"base_dir"}), indent=2), "```", ""]
     return "\n".join(lines)

@@ -1,10 +1,12 @@
 """Config: every shipped YAML validates; bad files report every problem at once with its path or line."""
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 
-from psi_ray.config import JobConfig, load_config
+from psi_ray.config import JobConfig, load_config, looks_secret
 from psi_ray.errors import PsiRayError
 from tests.conftest import ROOT, run_cli
 
@@ -54,3 +56,81 @@ def test_digest_follows_config():
     a, b = JobConfig(seed=1), JobConfig(seed=2)
     assert a.digest() != b.digest() and a.digest() == JobConfig(seed=1).digest()
     assert Path(a.run_dir()).name == "psi-psi"
+
+
+# -- options are JSON-like and fit their backend; YAML that would hang or crash a run is refused -------------
+
+def test_options_checked_against_the_backend(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("large: {backend: vllm, options: {max_modle_len: 2048, dtype: 16}}\n"
+                   "generator: {backend: hf, options: {batch_size: 8, threads: 2}}\n"
+                   "instances: {count: 0}\n")
+    with pytest.raises(PsiRayError) as exc:
+        load_config(job)
+    msg = str(exc.value)
+    assert "2 error(s)" in msg and "instances.count" in msg  # reported together with the rest
+    line = next(li for li in msg.splitlines() if li.startswith("  large.options: "))
+    assert "max_modle_len: unknown option for the vllm backend (it takes: dtype, engine_kwargs, " in line
+    assert "dtype: Input should be a valid string" in line
+
+
+def test_option_values_must_be_json_like(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("large:\n  backend: vllm\n  options:\n    engine_kwargs: {when: 2024-01-01, 7: x, "
+                   "ratio: .nan, tags: !!set {a: null}, at: [1, 2001-12-14t21:59:43.10-05:00]}\n")
+    with pytest.raises(PsiRayError) as exc:
+        load_config(job)
+    msg = str(exc.value)
+    assert "1 error(s)" in msg and "large.options: " in msg
+    for part in ("engine_kwargs.when: a YAML date (2024-01-01) is not a JSON value; quote it",
+                 "engine_kwargs: key 7 is a number, not a string",
+                 "engine_kwargs.ratio: nan is not a finite number",
+                 "engine_kwargs.tags: a YAML set", "engine_kwargs.at[1]: a YAML timestamp"):
+        assert part in msg, msg
+
+
+def test_a_secret_in_the_job_file_is_pointed_at_the_environment(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("large: {backend: openai, model: m, options: {api_key: sk-live-123}}\n")
+    with pytest.raises(PsiRayError) as exc:
+        load_config(job)
+    msg = str(exc.value)
+    assert "large.options: api_key: unknown option for the openai backend" in msg
+    assert "put it in an environment variable and name that with api_key_env" in msg
+    assert "sk-live-123" not in msg
+
+
+@pytest.mark.parametrize("key,secret", [
+    ("api_key", True), ("apiKey", True), ("hf_token", True), ("HF_TOKEN", True), ("password", True),
+    ("db_password", True), ("client_secret", True), ("authorization", True), ("private_key", True),
+    ("RAY_AUTH_TOKEN", True), ("aws_secret_access_key", True),
+    ("api_key_env", False), ("token_path", False), ("max_tokens", False), ("tokenizer", False),
+    ("max_num_batched_tokens", False), ("key", False), ("base_url", False), ("author", False)])
+def test_looks_secret(key, secret):
+    assert looks_secret(key) is secret
+
+
+def test_redacted_dump_masks_secret_values_and_keeps_the_rest():
+    engine = {"hf_token": "hf_live_123", "max_num_batched_tokens": 64}
+    cfg = JobConfig(large={"backend": "openai", "model": "m", "options": {"api_key_env": "MY_KEY"}},
+                    generator={"backend": "vllm", "options": {"engine_kwargs": engine}})
+    text = cfg.redacted_json()
+    assert "hf_live_123" not in text and '"hf_token": "***"' in text
+    assert '"api_key_env": "MY_KEY"' in text and '"max_num_batched_tokens": 64' in text
+    assert json.loads(text)["generator"]["options"]["engine_kwargs"]["hf_token"] == "***"
+    assert JobConfig().redacted_dump() == JobConfig().model_dump(mode="json")  # no field of ours looks secret
+    assert "base_dir" not in cfg.redacted_dump(exclude={"base_dir"})
+
+
+def test_anchors_allowed_alias_bombs_refused(tmp_path):
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("expand: {sampling: &s {temperature: 0.5}}\ninstances: {sampling: *s}\n")
+    assert load_config(ok).instances.sampling.temperature == 0.5
+    levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"{c}: &{c} [{','.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\n")  # 9**9 values once expanded
+    start = time.monotonic()
+    with pytest.raises(PsiRayError, match=r"bomb.yaml:\d+:\d+: refused YAML: aliases expand to more than"):
+        load_config(bomb)
+    assert time.monotonic() - start < 1.0

@@ -23,6 +23,8 @@ from psi_ray.backends import load_backend
 from psi_ray.backends.base import Backend, SamplingParams
 from psi_ray.backends.openai import OpenAIBackend
 from psi_ray.errors import PsiRayError
+from tests.conftest import run_cli
+from tests.unit.test_cli_errors import assert_clean_error
 
 SLOW_S = 2.0  # how long a "slow" request sleeps; the client's timeout in these tests is far below it
 CLIENT_TIMEOUT = 1.0
@@ -288,3 +290,94 @@ def test_unreachable_endpoint_in_generate_is_data_not_exception():
     gens = backend.generate(["a", _chat("b")], SamplingParams(n=2))
     backend.close()
     assert len(gens) == 4 and all(g.text == "" and "connection error" in g.error for g in gens)
+
+
+# -- the key travels only where it is safe: https, this machine, or where the job says so --------------------
+
+REMOTE_HTTP = "http://10.255.255.1:9/v1"  # unroutable: a request would hang until its timeout
+
+
+def _own_address() -> str | None:
+    """This machine's non-loopback IPv4 address (no packet is sent), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.1", 9))
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+@pytest.fixture
+def remote_server():
+    """The fault-injecting server on every interface, reached through a non-loopback address."""
+    ip = _own_address()
+    if ip is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    state = _State()
+    httpd = ThreadingHTTPServer(("0.0.0.0", 0), type("Handler", (_Handler,), {"state": state}))
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    state.url = f"http://{ip}:{httpd.server_address[1]}/v1"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_key_refused_for_plain_http_to_another_host(monkeypatch):
+    monkeypatch.setenv("PSI_RAY_TEST_KEY", SECRET)
+    start = time.monotonic()
+    with pytest.raises(PsiRayError) as info:
+        OpenAIBackend("tiny", base_url=REMOTE_HTTP, api_key_env="PSI_RAY_TEST_KEY")
+    message = str(info.value)
+    assert time.monotonic() - start < 1.0, "refused before any connection attempt"
+    assert "refusing to send the API key from $PSI_RAY_TEST_KEY over plain http to 10.255.255.1" in message
+    assert "allow_insecure_key: true" in message and SECRET not in message and "\n" not in message
+    # the same base_url without a key, or over https, is fine (nothing secret travels in clear)
+    OpenAIBackend("tiny", base_url="https://10.255.255.1:9/v1", api_key_env="PSI_RAY_TEST_KEY").close()
+    monkeypatch.delenv("PSI_RAY_TEST_KEY")
+    OpenAIBackend("tiny", base_url=REMOTE_HTTP, api_key_env="PSI_RAY_TEST_KEY").close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/v1", "http://127.9.9.9/v1", "http://localhost:1/v1",
+                                 "http://[::1]:8000/v1", "https://api.example.com/v1"])
+def test_key_allowed_for_loopback_and_https(monkeypatch, url):
+    monkeypatch.setenv("PSI_RAY_TEST_KEY", SECRET)
+    OpenAIBackend("tiny", base_url=url, api_key_env="PSI_RAY_TEST_KEY").close()
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "ftp://host/v1", "http:///v1", ""])
+def test_base_url_must_be_http(url):
+    with pytest.raises(PsiRayError, match="is not an http:// or https:// URL"):
+        OpenAIBackend("tiny", base_url=url)
+
+
+def test_key_reaches_a_remote_host_only_when_the_job_allows_it(remote_server, monkeypatch):
+    monkeypatch.setenv("PSI_RAY_TEST_KEY", SECRET)
+    with pytest.raises(PsiRayError, match="refusing to send the API key"):
+        _backend(remote_server)
+    assert remote_server.requests == []
+    backend = _backend(remote_server, allow_insecure_key=True)
+    assert backend.generate(["ok:a"], GREEDY)[0].error is None
+    backend.close()
+    assert remote_server.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+
+
+def test_a_worker_with_a_key_in_its_env_refuses_too(monkeypatch):
+    """Built (and pickled to a Ray worker) without a key, the backend checks again where the key appears."""
+    monkeypatch.delenv("PSI_RAY_TEST_KEY", raising=False)
+    built = OpenAIBackend("tiny", base_url=REMOTE_HTTP, api_key_env="PSI_RAY_TEST_KEY")
+    copy = pickle.loads(pickle.dumps(built))
+    monkeypatch.setenv("PSI_RAY_TEST_KEY", SECRET)
+    start = time.monotonic()
+    with pytest.raises(PsiRayError, match="refusing to send the API key"):
+        copy.generate(["ok:a"], GREEDY)
+    assert time.monotonic() - start < 1.0
+
+
+def test_cli_generate_refuses_an_insecure_key():
+    res = run_cli("generate", "--backend", "openai", "--model", "m", "--base-url", REMOTE_HTTP, "hi",
+                  env={"OPENAI_API_KEY": SECRET}, timeout=60)
+    assert_clean_error(res, "refusing to send the API key from $OPENAI_API_KEY over plain http to "
+                       "10.255.255.1")
+    assert res.returncode == 2 and SECRET not in res.stdout + res.stderr
