@@ -57,6 +57,15 @@ class GenerateUDF:
         }
 
 
+# Quiet engine-actor shutdown. vLLM's engine (a child process of the actor) and joblib register shared memory
+# and semaphores with multiprocessing's resource tracker, another child. At actor exit Ray kills the children
+# first (kill_child_processes_on_worker_exit), so the actor's own clean-up finds the tracker dead, relaunches it
+# and prints "KeyError: '/psm_...'" / "'/loky-...'" tracebacks; with the tracker left alive it cleans up what
+# the engine left and says so in a UserWarning ("leaked shared_memory objects"), which is silenced here too.
+ENGINE_ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "0",
+                    "PYTHONWARNINGS": "ignore::UserWarning:multiprocessing.resource_tracker"}
+
+
 def init_ray(address: str | None = None) -> None:
     """Connect to ``RAY_ADDRESS`` (a cluster, or inside ``ray job submit``) or start a local instance."""
     import ray
@@ -104,9 +113,7 @@ def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list
         num_gpus=spec.num_gpus,
         resources=spec.resources or None,
         batch_format="numpy",
-        # vLLM's CPU engine runs in a grandchild of the actor; Ray's default kill of the actor's direct
-        # children at exit orphans multiprocessing's resource tracker, which then prints KeyError lines
-        runtime_env={"env_vars": {"RAY_kill_child_processes_on_worker_exit": "0"}},
+        runtime_env={"env_vars": ENGINE_ACTOR_ENV},
     )
     out: list[dict] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -36,9 +36,9 @@ seed: 0
 runs_dir: runs
 task: {{adapter: gsm8k, seeds: builtin:gsm8k_seeds.jsonl, num_seeds: 6}}
 large: {{model: smollm2-135m, backend: hf, batch_size: 4, options: {{batch_size: 4}}, resources: {{ml_tier: 1}}}}
-generator: {{model: smollm2-135m, backend: hf, batch_size: 4, options: {{batch_size: 4}}, resources: {{mg_tier: 1}}}}
+generator: {{model: smollm2-135m, {generator}, batch_size: 4, resources: {{mg_tier: 1}}}}
 expand: {{variants_per_seed: 1, sampling: {{temperature: 0.8, top_p: 1.0, max_tokens: 40}}}}
-principles: {{subsets: 2, subset_size: 3, sampling: {{temperature: 0.7, top_p: 1.0, max_tokens: 48}}}}
+principles: {{subsets: {subsets}, subset_size: 3, sampling: {{temperature: 0.7, top_p: 1.0, max_tokens: 48}}}}
 cluster: {{num_clusters: 2}}
 summarize: {{sampling: {{max_tokens: 32}}}}
 instances:
@@ -50,9 +50,14 @@ carbon: {{enabled: false}}
 """
 
 
-def write_job(folder, name, method="psi", count=8, max_tokens=40):
+HF = "backend: hf, options: {batch_size: 4}"
+VLLM = "backend: vllm"  # engine actors with vLLM's CPU engine in a child process
+
+
+def write_job(folder, name, method="psi", count=8, max_tokens=40, generator=HF, subsets=2):
     path = folder / f"{name}.yaml"
-    path.write_text(JOB.format(name=name, method=method, count=count, max_tokens=max_tokens))
+    path.write_text(JOB.format(name=name, method=method, count=count, max_tokens=max_tokens, generator=generator,
+                               subsets=subsets))
     return path
 
 
@@ -123,7 +128,9 @@ def test_bad_config_fails_fast(cluster, tmp_path):
 
 
 def test_two_tier_job_succeeds_with_tiers_on_their_nodes(cluster, tmp_path):
-    job = write_job(tmp_path, "tiers")
+    # M_g on vLLM, as in jobs/gsm8k_cpu_two_tier.yaml; 4 subsets, so 2 clusters survive a principle that the
+    # 135M M_L fails to write
+    job = write_job(tmp_path, "tiers", generator=VLLM, subsets=4)
     # --env with a key psi-ray's own ray.init also sets: submit makes Ray merge them instead of failing
     home = cluster.env.get("PSI_RAY_HOME") or str(Path.home() / ".cache" / "psi-ray")
     res = psi_ray("submit", str(job), "--address", cluster.address, "--no-report", "--env", f"PSI_RAY_HOME={home}",
@@ -131,8 +138,12 @@ def test_two_tier_job_succeeds_with_tiers_on_their_nodes(cluster, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert re.search(r"submitted job raysubmit_\w+", res.stdout) and "SUCCEEDED" in res.stdout, out[-4000:]
-    # worker shutdown noise (multiprocessing's resource tracker in Ray workers) stays out of the followed logs
+    # Worker shutdown noise (multiprocessing's resource tracker in engine actors, killed by Ray before the actor's
+    # own clean-up ran) stays out of the followed logs and out of every worker log the job left on both nodes.
     noise = [line for line in out.splitlines() if "KeyError" in line or "resource_tracker" in line]
+    for log in Path(cluster.temp_dir).rglob("worker-*.err"):
+        noise += [f"{log.name}: {line}" for line in log.read_text(errors="replace").splitlines()
+                  if "KeyError" in line or "resource_tracker" in line]
     assert not noise, "\n".join(noise[:20])
     run = tmp_path / "runs" / "tiers-psi"
 
