@@ -2,8 +2,10 @@
 
 Serves the built-in model with ``psi-ray``'s Ray Serve app (or hits ``--endpoint``), sends ``--requests``
 short completion requests with ``--concurrency`` in flight, and counts every non-200 answer as an error.
-Unless ``--no-compare``, the same smaller load is then sent with Serve's batching off (max_batch_size 1)
-and the batched/unbatched throughput ratio is printed, both measured in this one run.
+Unless ``--no-compare``, the batching ratio follows: the same smaller load against Serve's batching on
+(max_batch_size = concurrency) and off (max_batch_size 1), both measured alike in this one run: each side is
+deployed fresh (the previous app deleted first, so no request reaches an old replica), gets the same warm-up
+(one full wave of ``--concurrency`` requests) and then the same measured load.
 Run: ``make bench`` or ``python bench/serve_load.py --requests 1000 --concurrency 32``.
 """
 
@@ -64,21 +66,35 @@ def main() -> int:
     from psi_ray import serve
     from psi_ray.evaluate.run import free_port, served_name
 
-    url = args.endpoint
     port = free_port()
-    if url is None:
-        url = serve.start(args.model, port=port, name="bench", engine="hf", max_batch_size=args.concurrency)
-    name = served_name(url, None)
-    asyncio.run(load(url, name, min(8, args.requests), 4, args.max_tokens))  # warm-up
+    deployed: list[int] = []
+
+    def deploy(max_batch_size: int) -> tuple[str, str]:
+        """A fresh replica (the earlier app deleted first), warmed with one full wave of requests."""
+        url = args.endpoint
+        if url is None:
+            if deployed:
+                serve.stop()
+            url = serve.start(args.model, port=port, name="bench", engine="hf", max_batch_size=max_batch_size)
+            deployed.append(max_batch_size)
+        name = served_name(url, None)
+        asyncio.run(load(url, name, args.concurrency, args.concurrency, args.max_tokens))  # warm-up, not counted
+        return url, name
+
+    url, name = deploy(args.concurrency)
     main_run = asyncio.run(load(url, name, args.requests, args.concurrency, args.max_tokens))
     print(json.dumps({"load": main_run}))
     result = {"load": main_run}
     if not args.no_compare and args.endpoint is None:
-        batched = asyncio.run(load(url, name, args.compare_requests, args.concurrency, args.max_tokens))
-        serve.start(args.model, port=port, name="bench", engine="hf", max_batch_size=1)
-        single = asyncio.run(load(url, name, args.compare_requests, args.concurrency, args.max_tokens))
+        sides = {}
+        for side, max_batch_size in (("batched", args.concurrency), ("unbatched", 1)):
+            url, name = deploy(max_batch_size)
+            sides[side] = asyncio.run(load(url, name, args.compare_requests, args.concurrency, args.max_tokens))
+            print(json.dumps({side: sides[side]}))
+        batched, single = sides["batched"], sides["unbatched"]
         result["batching"] = {"batched_rps": batched["requests_per_s"], "unbatched_rps": single["requests_per_s"],
-                              "ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2)}
+                              "ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2),
+                              "errors": batched["errors"] + single["errors"]}
         print(json.dumps({"batching": result["batching"]}))
     if args.endpoint is None:
         serve.stop()
@@ -87,7 +103,7 @@ def main() -> int:
     if "batching" in result:
         b = result["batching"]
         print(f"Serve batching: {b['batched_rps']} vs {b['unbatched_rps']} requests/s unbatched -> {b['ratio']}x")
-    return 1 if main_run["errors"] else 0
+    return 1 if main_run["errors"] or result.get("batching", {}).get("errors") else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Energy and emissions per stage with codecarbon, offline (no network, nothing written outside the run).
 
-codecarbon measures a whole machine, so one tracker runs per node for each stage: the driver's node in the
-driver, every other alive Ray node in a zero-CPU tracker actor pinned to it; their figures are summed. On these
-CPUs without RAPL, codecarbon estimates CPU power from its tables, and the manifest says so.
+codecarbon measures a whole machine, so one tracker runs per machine for each stage: the driver's machine in
+the driver, every other machine in a zero-CPU tracker actor pinned to one of its alive Ray nodes; their
+figures are summed. Several Ray nodes on one machine (``ray start`` twice on one host, as the two-tier test
+cluster does) count once: a machine is a node's ``NodeManagerAddress``. On these CPUs without RAPL,
+codecarbon estimates CPU power from its tables, and the manifest says so.
 """
 
 from __future__ import annotations
@@ -62,10 +64,26 @@ def _other_node_trackers(country: str, stage: str, output_dir: str) -> list:
     here = ray.get_runtime_context().get_node_id()
     actor = ray.remote(num_cpus=0)(NodeTracker)
     return [
-        actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+        actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
             country, stage, output_dir)
-        for n in ray.nodes() if n["Alive"] and n["NodeID"] != here
+        for node_id in other_machines(ray.nodes(), here)
     ]
+
+
+def other_machines(nodes: list[dict], here: str) -> list[str]:
+    """One alive node id per machine other than the driver's (``here`` is the driver's node id).
+
+    ``nodes`` is ``ray.nodes()``. The driver's tracker already measures its own machine, and a tracker on a
+    second node of the same machine would count that machine twice.
+    """
+    alive = sorted((n for n in nodes if n["Alive"]), key=lambda n: n["NodeID"])
+    seen = {n["NodeManagerAddress"] for n in alive if n["NodeID"] == here}
+    picked = []
+    for n in alive:
+        if n["NodeManagerAddress"] not in seen:
+            seen.add(n["NodeManagerAddress"])
+            picked.append(n["NodeID"])
+    return picked
 
 
 def sum_readings(readings: list[dict]) -> dict:

@@ -20,6 +20,7 @@ STAGES = ("seeds", "expand", "principles", "cluster", "summarize", "instances", 
 PSI_ONLY = ("expand", "principles", "cluster", "summarize")
 ENERGY = ("energy_kwh", "emissions_kg", "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh")
 PER_1K = ("energy_kwh", "emissions_kg")
+CLOSING = ("train", "eval")  # stages that use the data: their energy is reported apart from making it
 TIERS = {"large": "M_L", "generator": "M_g"}
 SAME_MODEL_NOTE = ("M_L and M_g are the same model ({model}), so the energy ratio between methods reflects token counts only, "
                    "not a model-size saving.")
@@ -183,6 +184,7 @@ def collect(run_dir) -> dict:
     ends = [s["finished_at"] for s in stages if s["finished_at"] is not None]
     starts = [s["started_at"] for s in stages if s["started_at"] is not None]
     totals["wall_s"] = max(ends) - min(starts) if ends else 0.0
+    making = {k: sum(s[k] for s in stages if s["name"] not in CLOSING) for k in ENERGY}  # the data's own cost
     measured = any(s["measured"] for s in stages)
     sources = {s["power_source"] for s in stages if s["measured"]}
     power = None if not sources else "rapl" if sources == {"rapl"} else "estimate"
@@ -193,7 +195,7 @@ def collect(run_dir) -> dict:
     generated = validity["generated"] if validity else (manifests.get("instances") or {}).get("rows")
     per_1k = None
     if finished and measured and valid:
-        per_1k = {k: totals[k] / valid * 1000 for k in PER_1K}
+        per_1k = {k: making[k] / valid * 1000 for k in PER_1K}
     tokens, tokens_by_stage = _tokens(stages, models)
     tree, points = _principles(run_dir, manifests)
     scores = _read_json(run_dir / "09_eval" / "scores.json") or _read_json(run_dir / "eval" / "scores.json")
@@ -204,7 +206,7 @@ def collect(run_dir) -> dict:
         "instances_requested": (cfg.get("instances") or {}).get("count"),
         "finished": finished, "stages": stages, "running": running,
         "missing": [s for s in expected if s not in manifests and s not in {r["name"] for r in running}],
-        "totals": totals, "measured": measured, "power_source": power,
+        "totals": totals, "making": making, "measured": measured, "power_source": power,
         "generated": generated, "valid": valid,
         "valid_rate": valid / generated if valid is not None and generated else None,
         "per_1k_valid": per_1k, "tokens": tokens, "tokens_by_stage": tokens_by_stage,
@@ -231,8 +233,8 @@ def compare(runs: list[dict]) -> dict:
         rows.append({
             "run_id": r["run_id"], "method": r["method"], "writers": r["models"]["writers"],
             "finished": r["finished"], "generated": r["generated"], "valid": r["valid"],
-            "valid_rate": r["valid_rate"], "energy_kwh": r["totals"]["energy_kwh"],
-            "emissions_kg": r["totals"]["emissions_kg"], "measured": r["measured"], "per_1k": p,
+            "valid_rate": r["valid_rate"], "energy_kwh": r["making"]["energy_kwh"],
+            "emissions_kg": r["making"]["emissions_kg"], "measured": r["measured"], "per_1k": p,
             "ratio_to_teacher": ratio,
             "output_tokens": {t: v["output_tokens"] for t, v in r["tokens"].items()}, "eval": r["eval"] or {},
         })

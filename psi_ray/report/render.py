@@ -236,7 +236,7 @@ def headline(run: dict, comp: dict | None = None, notes: bool = True) -> list[st
 
 
 def _compare_table(comp: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["run", "method", "writer model(s)", "generated", "valid", "valid rate", "kWh", "kgCO2e",
+    head = ["run", "method", "writer model(s)", "generated", "valid", "valid rate", "kWh (data)", "kgCO2e (data)",
             "kWh / 1K valid", "kgCO2e / 1K valid", "kWh / 1K ÷ teacher", "kgCO2e / 1K ÷ teacher",
             "M_L output tokens", "M_g output tokens"] + [f"{t} (base → fine-tuned)" for t in comp["eval_tasks"]]
     body = []

@@ -3,8 +3,9 @@
 One loop for both strategies: torch DDP (gloo on CPU, nccl on GPU; Ray Train sets up the process group) and
 DeepSpeed ZeRO-2/3 (bf16 on GPU, fp32 on CPU with a torch optimizer). Data order is a seeded permutation per
 epoch and every step takes a fixed slice of it, so a resumed run sees exactly the batches it had left.
-Checkpoints go through ``ray.train.report``: ``state.json`` (step), the model in ``model/`` (HF folder or LoRA
-adapter, written by rank 0) and the optimizer (``optimizer.pt`` for DDP, DeepSpeed's own files otherwise).
+Checkpoints go through ``ray.train.report``: ``state.json`` (step, per-step losses, the steps the run was
+resumed at), the model in ``model/`` (HF folder or LoRA adapter, written by rank 0) and the optimizer
+(``optimizer.pt`` for DDP, DeepSpeed's own files otherwise).
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ def train_loop(cfg: dict) -> None:
     cfg = {**cfg, "world": world}
     steps = total_steps(len(examples), cfg)
     runner = (DeepSpeedRunner if cfg["strategy"] == "deepspeed" else DDPRunner)(model, cfg, steps)
-    start, losses = 0, []
+    start, losses, resumed_at = 0, [], []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = json.loads((Path(folder) / STATE).read_text())
             start, losses = state["step"], state["losses"]
+            resumed_at = [*state.get("resumed_at", []), start]  # every resume of this run, for the manifest
             runner.load(Path(folder))
         print(f"[train] resumed from step {start} of {steps}")
     every = cfg["checkpoint_every"] or steps_per_epoch(len(examples), cfg["batch_size"], world)
@@ -86,7 +88,8 @@ def train_loop(cfg: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             runner.save(Path(folder), rank)
             if rank == 0:
-                (Path(folder) / STATE).write_text(json.dumps({"step": step + 1, "losses": losses}))
+                (Path(folder) / STATE).write_text(json.dumps({"step": step + 1, "losses": losses,
+                                                               "resumed_at": resumed_at}))
                 tokenizer.save_pretrained(Path(folder) / MODEL)
             has_files = any(Path(folder).iterdir())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if has_files else None)

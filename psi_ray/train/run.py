@@ -23,6 +23,9 @@ from psi_ray.train.loop import MODEL, STATE
 
 @dataclass
 class TrainResult:
+    """What one ``train`` call produced: ``losses`` has one entry per step of the whole run (resumed runs
+    included); ``resumed_from`` is the checkpoint step this call went on from (0: it started fresh)."""
+
     model_dir: Path
     steps: int
     examples: int
@@ -95,7 +98,6 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
         run_config=RunConfig(name="train", storage_path=str(out_dir / "ray"),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
-    resumed_from = _last_step(out_dir)
     started = time.time()
     try:
         result = trainer.fit()
@@ -109,6 +111,7 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
             export(Path(folder) / MODEL, model_path, out_dir / "model", spec.lora)
         except OSError as exc:
             raise PsiRayError(f"could not write the trained model to {out_dir / 'model'}: {exc}") from None
+    resumed_from = (state.get("resumed_at") or [0])[-1]  # what the workers did, not a guess from the folder
     return TrainResult(out_dir / "model", state["step"], int(result.metrics.get("examples", 0)),
                        state["losses"], time.time() - started, resumed_from)
 
@@ -138,12 +141,6 @@ def _loop(cfg):
     from psi_ray.train.loop import train_loop
 
     train_loop(cfg)
-
-
-def _last_step(out_dir: Path) -> int:
-    """The step of the newest checkpoint already under ``out_dir`` (0 for a fresh run)."""
-    steps = [json.loads(p.read_text())["step"] for p in (out_dir / "ray").glob(f"train/checkpoint_*/{STATE}")]
-    return max(steps, default=0)
 
 
 def _root_cause(exc: BaseException) -> str:

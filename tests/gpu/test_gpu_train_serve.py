@@ -7,7 +7,12 @@ pytestmark = pytest.mark.gpu
 
 
 def test_deepspeed_zero3_bf16_on_gpu(ray_session, chat_dataset, tmp_path):
+    """Trains in bf16, and the ZeRO-3 checkpoint round-trips: the fp32 weights rebuilt from the per-rank
+    shards, cast to bf16, equal the gathered bf16 weights the checkpoint's model holds, and the exported
+    float32 model holds those same values."""
     import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
 
     from psi_ray.config import TrainSpec
     from psi_ray.train import train
@@ -16,6 +21,24 @@ def test_deepspeed_zero3_bf16_on_gpu(ray_session, chat_dataset, tmp_path):
                      num_workers=min(2, torch.cuda.device_count()), batch_size=4, max_steps=4, lr=1e-4)
     result = train(chat_dataset, tmp_path, spec, seed=0)
     assert result.steps == 4 and (result.model_dir / "config.json").exists()
+
+    [checkpoint] = [p for p in (tmp_path / "ray" / "train").glob("checkpoint_*") if p.is_dir()]
+    gathered = {}
+    for f in sorted((checkpoint / "model").glob("*.safetensors")):
+        gathered.update(load_file(str(f)))
+    assert gathered and all(t.dtype == torch.bfloat16 for t in gathered.values())  # bf16 training
+    shards = list((checkpoint / "deepspeed" / "zero").glob("*optim_states.pt"))
+    assert len(shards) == spec.num_workers  # one ZeRO partition per rank
+    rebuilt = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "deepspeed"), tag="zero")
+    assert set(gathered) <= set(rebuilt)
+    for name, tensor in gathered.items():
+        assert torch.equal(rebuilt[name].to(torch.bfloat16), tensor), name
+    exported = {}
+    for f in sorted(result.model_dir.glob("*.safetensors")):
+        exported.update(load_file(str(f)))
+    assert set(exported) == set(gathered)
+    for name, tensor in gathered.items():
+        assert exported[name].dtype == torch.float32 and torch.equal(exported[name], tensor.float()), name
 
 
 def test_vllm_serving_through_ray_serve_llm(ray_session):

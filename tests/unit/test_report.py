@@ -21,10 +21,20 @@ from psi_ray.rundir import StageDir, atomic_write_text, write_parquet
 MODEL_STAGES = {"expand": "generator", "principles": "large", "summarize": "large"}
 
 
+def energy(kwh: float) -> dict:
+    """A stage manifest's ``energy``, as ``carbon.measure`` fills it, for 10 s at ``kwh``."""
+    return {"duration_s": 10.0, "energy_kwh": kwh, "emissions_kg": kwh * 0.4, "cpu_energy_kwh": kwh / 2,
+            "gpu_energy_kwh": 0.0, "ram_energy_kwh": kwh / 2, "power_source": "estimate", "cpu_power_w": 5.0,
+            "nodes": 1}
+
+
 def make_run(root: Path, run_id: str, method: str, *, large: str = "smollm2-135m", generator: str = "smollm2-135m",
              stage_kwh: float = 0.001, generated: int = 400, valid: int = 300, upto: str = "dataset",
              scores: dict | None = None) -> Path:
-    """A run directory with every stage up to ``upto`` finished; each stage used ``stage_kwh`` and 10 s."""
+    """A run directory with every stage up to ``upto`` finished; each stage used ``stage_kwh`` and 10 s.
+
+    ``scores`` (``{"<task> <metric>": {"base": x, "finetuned": y}}``) adds the eval stage as a run writes it:
+    ``09_eval/scores.json`` (the shape ``closing.eval_stage`` writes) and the stage's manifest."""
     run_dir = root / run_id
     cfg = {"name": "gsm8k-test", "method": method, "seed": 0, "task": {"adapter": "gsm8k"},
            "large": {"model": large}, "generator": {"model": generator}, "instances": {"count": generated}}
@@ -37,9 +47,7 @@ def make_run(root: Path, run_id: str, method: str, *, large: str = "smollm2-135m
         sd = StageDir(run_dir, index, name)
         t += 10.0
         m = {"stage": name, "digest": "d", "seed": 0, "method": method, "rows": 4, "errors": 0, "finished_at": t,
-             "energy": {"duration_s": 10.0, "energy_kwh": stage_kwh, "emissions_kg": stage_kwh * 0.4,
-                        "cpu_energy_kwh": stage_kwh / 2, "gpu_energy_kwh": 0.0, "ram_energy_kwh": stage_kwh / 2,
-                        "power_source": "estimate", "cpu_power_w": 5.0, "nodes": 1}}
+             "energy": energy(stage_kwh)}
         tier = MODEL_STAGES.get(name)
         if name == "instances":
             tier = "large" if method == "teacher" else "generator"
@@ -62,16 +70,30 @@ def make_run(root: Path, run_id: str, method: str, *, large: str = "smollm2-135m
             write_parquet(sd.part_path(0), [{"id": "a"}])
         sd.write_manifest(m)
     if scores is not None:
-        atomic_write_text(run_dir / "eval" / "scores.json", json.dumps({"tasks": scores}))
+        sd = StageDir(run_dir, 9, "eval")
+        atomic_write_text(sd.path / "scores.json", json.dumps(
+            {"limit": 50, "tasks": scores, "models": {"base": "smollm2-135m", "finetuned": str(run_dir / "08_train")},
+             "main_metric": {"gsm8k": "exact_match,strict-match"}}))
+        sd.write_manifest({"stage": "eval", "digest": "d", "seed": 0, "method": method, "rows": len(scores),
+                           "scores": scores, "limit": 50, "finished_at": t + 10.0, "energy": energy(stage_kwh)})
     return run_dir
+
+
+GSM8K_EM = "gsm8k exact_match (strict-match)"  # a key of scores.json's "tasks", as closing.table makes it
 
 
 @pytest.fixture
 def runs(tmp_path):
-    psi = make_run(tmp_path, "gsm8k-psi", "psi", stage_kwh=0.001, valid=300,
-                   scores={"gsm8k": {"base": 0.1, "finetuned": 0.12}})
+    psi = make_run(tmp_path, "gsm8k-psi", "psi", stage_kwh=0.001, valid=300)
     teacher = make_run(tmp_path, "gsm8k-teacher", "teacher", stage_kwh=0.004, valid=200)
     return psi, teacher
+
+
+@pytest.fixture
+def evaluated(tmp_path):
+    """The psi run of ``runs`` with its eval stage finished too."""
+    return make_run(tmp_path / "evaluated", "gsm8k-psi", "psi", stage_kwh=0.001, valid=300,
+                    scores={GSM8K_EM: {"base": 0.1, "finetuned": 0.12}})
 
 
 def test_per_1k_figures_and_teacher_ratio(runs):
@@ -96,9 +118,23 @@ def test_per_1k_figures_and_teacher_ratio(runs):
     want_ratio = render.ratio(psi_per_1k / teacher_per_1k)
     for text in (page, md):
         assert want_ratio in text and "gsm8k-teacher" in text and render.num(psi_per_1k) in text
-        assert "0.1 → 0.12" in text  # eval scores in the comparison
     assert any(want_ratio in line for line in out["headline"])
     assert not [p.name for p in psi.iterdir() if p.name.startswith(".report")]  # atomic writes left no temp files
+
+
+def test_eval_scores_are_read_from_the_eval_stage(evaluated, runs):
+    run = collect.collect(evaluated)
+    assert run["eval"] == {GSM8K_EM: {"base": 0.1, "finetuned": 0.12}} and run["eval_limit"] == 50
+    out = write_report(evaluated, [runs[1]])
+    for text in (out["html"].read_text(), out["markdown"].read_text()):
+        assert "0.1 → 0.12" in text and GSM8K_EM in text  # in the comparison and the eval table
+        assert "the first 50 questions" in text
+    assert collect.collect(runs[0])["eval"] is None  # no eval stage, no scores
+
+
+def test_per_1k_generation_figures_leave_eval_energy_out(evaluated, runs):
+    with_eval, without = collect.collect(evaluated), collect.collect(runs[0])
+    assert with_eval["per_1k_valid"]["energy_kwh"] == pytest.approx(without["per_1k_valid"]["energy_kwh"])
 
 
 def test_throughput_is_output_tokens_over_stage_time(runs):
@@ -126,7 +162,7 @@ def test_teacher_report_skips_principle_sections(runs):
     assert 'id="principles"' not in page and 'id="projection"' not in page and 'id="compare"' not in page
     assert "01_expand" not in page and 'id="validity"' in page and 'id="eval"' not in page
     psi_page = write_report(psi)["html"].read_text()
-    assert 'id="principles"' in psi_page and 'id="projection"' in psi_page and 'id="eval"' in psi_page
+    assert 'id="principles"' in psi_page and 'id="projection"' in psi_page and 'id="eval"' not in psi_page
     assert "high principle 1" in psi_page and "low principle 3" in psi_page
 
 
