@@ -19,7 +19,7 @@ from psi_ray import carbon, closing
 from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
-from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, read_parquet_rows
+from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, locked, read_parquet_rows
 from psi_ray.runtime import ENGINE_ACTOR_ENV, init_ray
 from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize, verify
 from psi_ray.stages import filter as filters
@@ -122,6 +122,7 @@ class Run:
         if sd.finished(digest):
             print(f"[{name}] done already; reading {sd.path}")
             return sd
+        sd.claim(digest)
         print(f"[{name}] running")
         cc = self.cfg.carbon
         with carbon.measure(name, cc.country_iso_code, str(self.dir / ".carbon"), cc.enabled) as energy:
@@ -158,9 +159,24 @@ def run(cfg: JobConfig) -> Path:
         r.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # runs_dir under a file, read-only, ...
         raise PsiRayError(f"cannot create the run directory {r.dir}: {exc.strerror or exc}") from None
-    atomic_write_text(r.dir / "config.json", cfg.redacted_json(indent=2))  # secrets in options never hit disk
-    init_ray()
-    r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}))
+    with locked(r.dir):
+        atomic_write_text(r.dir / "config.json", cfg.redacted_json(indent=2))  # secrets in options never hit disk
+        init_ray()
+        _stages(r, seed_rows)
+    return r.dir
+
+
+def seeds_stage(r: Run, seed_rows: list[dict]) -> StageDir:
+    """Stage 0: the seeds as read. Its digest covers their content, not only their path, so an edited seed
+    file makes every later finished stage a config mismatch instead of a silent reuse."""
+    content = hashlib.sha256(json.dumps(seed_rows, sort_keys=True, default=str).encode()).hexdigest()
+    return r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}), salt=content)
+
+
+def _stages(r: Run, seed_rows: list[dict]) -> None:
+    """Stages 0-9 in pipeline order; each is skipped when its manifest says it is done."""
+    cfg = r.cfg
+    seeds_stage(r, seed_rows)
     high: list[dict] = []
     if cfg.method == "psi" and cfg.principles.source == "file":  # curated principles: no M_L, no clustering
         path = cfg.path(cfg.principles.file)
@@ -185,7 +201,6 @@ def run(cfg: JobConfig) -> Path:
         trained = r.stage(8, "train", ("train",), lambda sd: closing.train_stage(r, sd, data))
     if cfg.eval.enabled:
         r.stage(9, "eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, trained))
-    return r.dir
 
 
 def _expand(r: Run, seed_rows):

@@ -170,9 +170,11 @@ def export(checkpoint_model: Path, base_path: str, target: Path, lora: bool) -> 
         model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(str(checkpoint_model)).save_pretrained(tmp)
         tmp.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
+        old = target.with_name(f".{target.name}-old-{os.getpid()}")
+        if target.exists():  # the old model stays whole until the new one is in place
+            os.replace(target, old)
         os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
