@@ -192,7 +192,7 @@ def plan_job(args) -> tuple[str, dict, str]:
             cmd += [flag, value]
     if args.no_report:
         cmd.append("--no-report")
-    # ray.init inside the job adds its own env vars (pipeline.init_ray); without this Ray refuses to merge them
+    # ray.init inside the job adds its own env vars (runtime.init_ray); without this Ray refuses to merge them
     # with the job's env vars whenever a key appears in both.
     env = {"RAY_OVERRIDE_JOB_RUNTIME_ENV": "1", **parse_env(args.env)}
     runtime_env: dict = {"working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,13 +19,11 @@ from psi_ray import carbon, closing
 from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
-from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, read_parquet_rows
+from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, locked, read_parquet_rows
+from psi_ray.runtime import ENGINE_ACTOR_ENV, init_ray
 from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize, verify
 from psi_ray.stages import filter as filters
 from psi_ray.tasks import get_adapter
-
-WORKER_ENV = ("PSI_RAY_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM",
-              "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
 
 
 class GenerateUDF:
@@ -55,41 +52,6 @@ class GenerateUDF:
             "node_id": [self.node_id] * len(gens),
             "engine_ready_at": [self.ready_at] * len(gens),
         }
-
-
-# Quiet engine-actor shutdown. vLLM's engine (a child process of the actor) and joblib register shared memory
-# and semaphores with multiprocessing's resource tracker, another child. At actor exit Ray kills the children
-# first (kill_child_processes_on_worker_exit), so the actor's own clean-up finds the tracker dead, relaunches it
-# and prints "KeyError: '/psm_...'" / "'/loky-...'" tracebacks; with the tracker left alive it cleans up what
-# the engine left and says so in a UserWarning ("leaked shared_memory objects"), which is silenced here too.
-ENGINE_ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "0",
-                    "PYTHONWARNINGS": "ignore::UserWarning:multiprocessing.resource_tracker"}
-
-
-def init_ray(address: str | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` (a cluster, or inside ``ray job submit``) or start a local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    for key in _job_env_keys():  # inside a Ray job: its runtime env already sets these; Ray refuses a clash
-        env.pop(key, None)
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
-             log_to_driver=True, logging_level="WARNING", configure_logging=True)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.print_on_execution_start = False
-
-
-def _job_env_keys() -> set[str]:
-    """The env vars a submitted Ray job's runtime env sets (empty outside a job)."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
-        return set()
-    return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
 
 
 def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list[dict]:
@@ -160,6 +122,7 @@ class Run:
         if sd.finished(digest):
             print(f"[{name}] done already; reading {sd.path}")
             return sd
+        sd.claim(digest)
         print(f"[{name}] running")
         cc = self.cfg.carbon
         with carbon.measure(name, cc.country_iso_code, str(self.dir / ".carbon"), cc.enabled) as energy:
@@ -196,9 +159,24 @@ def run(cfg: JobConfig) -> Path:
         r.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # runs_dir under a file, read-only, ...
         raise PsiRayError(f"cannot create the run directory {r.dir}: {exc.strerror or exc}") from None
-    atomic_write_text(r.dir / "config.json", cfg.redacted_json(indent=2))  # secrets in options never hit disk
-    init_ray()
-    r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}))
+    with locked(r.dir):
+        atomic_write_text(r.dir / "config.json", cfg.redacted_json(indent=2))  # secrets in options never hit disk
+        init_ray()
+        _stages(r, seed_rows)
+    return r.dir
+
+
+def seeds_stage(r: Run, seed_rows: list[dict]) -> StageDir:
+    """Stage 0: the seeds as read. Its digest covers their content, not only their path, so an edited seed
+    file makes every later finished stage a config mismatch instead of a silent reuse."""
+    content = hashlib.sha256(json.dumps(seed_rows, sort_keys=True, default=str).encode()).hexdigest()
+    return r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}), salt=content)
+
+
+def _stages(r: Run, seed_rows: list[dict]) -> None:
+    """Stages 0-9 in pipeline order; each is skipped when its manifest says it is done."""
+    cfg = r.cfg
+    seeds_stage(r, seed_rows)
     high: list[dict] = []
     if cfg.method == "psi" and cfg.principles.source == "file":  # curated principles: no M_L, no clustering
         path = cfg.path(cfg.principles.file)
@@ -223,7 +201,6 @@ def run(cfg: JobConfig) -> Path:
         trained = r.stage(8, "train", ("train",), lambda sd: closing.train_stage(r, sd, data))
     if cfg.eval.enabled:
         r.stage(9, "eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, trained))
-    return r.dir
 
 
 def _expand(r: Run, seed_rows):

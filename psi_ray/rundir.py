@@ -1,15 +1,21 @@
 """The run directory is the state: ``runs/<run_id>/<NN>_<stage>/part-*.parquet`` and a manifest written last.
 
 A stage whose manifest exists is done and is read back instead of recomputed; a manifest made from a
-different config is an error, not a silent reuse. Every file is written to a temporary name and renamed, so
-a killed run never leaves a half-written part or manifest.
+different config is an error, not a silent reuse. An unfinished stage carries its config digest in
+``_config_digest`` from its first part on, so parts left by a run with another config (say another
+``shard_size``) are refused too, never mixed in. Every file is written to a temporary name and renamed, so a
+killed run never leaves a half-written part or manifest, and one driver at a time holds a run directory
+(:func:`locked`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from psi_ray.errors import PsiRayError
@@ -90,6 +96,32 @@ class ParquetSink:
             self._tmp.unlink(missing_ok=True)
 
 
+STAMP = "_config_digest"  # "_" first: Arrow dataset readers skip it
+
+
+@contextmanager
+def locked(run_dir: Path):
+    """Hold ``run_dir`` for this process: a second driver on the same folder fails at once, naming the holder.
+
+    An advisory ``flock`` on ``run_dir/.lock``: the kernel drops it when the holder exits, even on SIGKILL, so
+    a killed run never leaves a stale lock behind.
+    """
+    path = Path(run_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise PsiRayError(f"{run_dir} is in use by another psi-ray run ({holder}); wait for it to finish, "
+                              "or use another run_id") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 class StageDir:
     """One stage's folder: parts, extra files, and the manifest that marks it done."""
 
@@ -112,6 +144,20 @@ class StageDir:
                 "use another run_id, or delete the run directory to start over"
             )
         return m
+
+    def claim(self, digest: str) -> None:
+        """Before computing: refuse parts an unfinished run left with another config; stamp this one's digest.
+
+        Parts with no stamp are refused as well: nothing says which config made them.
+        """
+        stamp = self.path / STAMP
+        left = stamp.read_text().strip() if stamp.exists() else None
+        if left != digest and self.parts():
+            raise PsiRayError(
+                f"{self.path} holds unfinished parts made with a different config (digest {left or 'unknown'} "
+                f"!= {digest}); restore that config to resume, use another run_id, or delete {self.path} to "
+                "compute this stage again")
+        atomic_write_text(stamp, digest)
 
     def part_path(self, part: int) -> Path:
         return self.path / f"part-{part:05d}.parquet"

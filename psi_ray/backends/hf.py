@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from psi_ray.backends.base import Generation, Prompt, SamplingParams, cut_at_stop, flatten_n, render_prompt
 from psi_ray.errors import require
+from psi_ray.runtime import default_device
 
 
 class HFBackend:
@@ -25,7 +26,7 @@ class HFBackend:
         self.batch_size = batch_size
         if threads:
             torch.set_num_threads(threads)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
         self.tokenizer.padding_side = "left"

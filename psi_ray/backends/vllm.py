@@ -13,11 +13,7 @@ import os
 
 from psi_ray.backends.base import Generation, Prompt, SamplingParams, render_prompt
 from psi_ray.errors import PsiRayError, require
-
-
-def cuda_available() -> bool:
-    torch = require("torch", "the vllm backend")
-    return torch.cuda.is_available()
+from psi_ray.runtime import cuda_available
 
 
 def cpu_engine_env(threads: int | None = None) -> dict[str, str]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from psi_ray.carbon import FIELDS
 from psi_ray.errors import PsiRayError
 from psi_ray.rundir import StageDir, read_parquet_rows, stage_dirs
 
 STAGES = ("seeds", "expand", "principles", "cluster", "summarize", "instances", "filter", "dataset")
 PSI_ONLY = ("expand", "principles", "cluster", "summarize")
-ENERGY = ("energy_kwh", "emissions_kg", "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh")
+ENERGY = FIELDS  # what carbon.measure records per stage
 PER_1K = ("energy_kwh", "emissions_kg")
 CLOSING = ("train", "eval")  # stages that use the data: their energy is reported apart from making it
 TIERS = {"large": "M_L", "generator": "M_g"}

@@ -18,7 +18,7 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
     """Deploy the app on the connected (or a new local) Ray instance; return its ``/v1`` base URL when ready."""
     from ray import serve
 
-    from psi_ray.pipeline import init_ray
+    from psi_ray.runtime import init_ray
     from psi_ray.serve.app import build_app
 
     app = build_app({"model": model, "name": name, "engine": engine, "api_key_env": api_key_env, **options})

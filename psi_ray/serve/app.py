@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from psi_ray.backends.vllm import cuda_available
+from psi_ray.runtime import cuda_available
 from psi_ray.serve.engine import CompletionEngine, GenSettings
 from psi_ray.serve.protocol import (
     APIError,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from psi_ray.backends.base import cut_at_stop
 from psi_ray.errors import require
+from psi_ray.runtime import default_device
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class CompletionEngine:
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         self.lm = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()

@@ -6,8 +6,8 @@ Same URLs as the own deployment (``/v1/models``, ``/v1/completions``, ``/v1/chat
 
 from __future__ import annotations
 
-from psi_ray.backends.vllm import cuda_available
 from psi_ray.errors import PsiRayError, require
+from psi_ray.runtime import cuda_available
 
 
 def build_vllm_app(model: str, name: str, args: dict):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from psi_ray.errors import PsiRayError, require
+from psi_ray.runtime import cuda_available
 
 
 def embed(texts: list[str], model: str, device: str | None = None) -> np.ndarray:
@@ -32,10 +33,10 @@ def kmeans(vectors: np.ndarray, k: int, seed: int, algorithm: str = "auto") -> n
     if k > len(vectors):
         raise PsiRayError(f"cluster.num_clusters={k} but only {len(vectors)} low-level principles were written")
     if algorithm == "auto":
-        algorithm = "cuml" if _cuda() else "sklearn"
+        algorithm = "cuml" if cuda_available() else "sklearn"
     if algorithm == "cuml":
         cuml = require("cuml", "GPU k-means", package="cuml-cu12", extra="gpu")
-        if not _cuda():
+        if not cuda_available():
             raise PsiRayError("cluster.algorithm=cuml needs a CUDA GPU; use sklearn (or auto) on CPU")
         model = cuml.KMeans(n_clusters=k, random_state=seed, n_init=10)
         return np.asarray(model.fit_predict(vectors.astype(np.float32))).astype(int)
@@ -51,15 +52,6 @@ def project_2d(vectors: np.ndarray) -> np.ndarray:
         return np.zeros((len(vectors), 2))
     _, _, vt = np.linalg.svd(centered, full_matrices=False)
     return centered @ vt[:2].T
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def centrality(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:

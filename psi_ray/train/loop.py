@@ -15,6 +15,8 @@ import math
 import tempfile
 from pathlib import Path
 
+from psi_ray.errors import PsiRayError
+
 STATE = "state.json"
 MODEL = "model"
 
@@ -137,10 +139,9 @@ class DDPRunner:
                    folder / "optimizer.pt")
 
     def load(self, folder: Path) -> None:
-        import torch
 
         _load_weights(self.inner, folder / MODEL)
-        opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+        opt = read_optimizer_state(folder / "optimizer.pt")
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
 
@@ -204,3 +205,17 @@ def _load_weights(model, folder: Path) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if "lm_head" not in k]:
             raise RuntimeError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def read_optimizer_state(path: Path) -> dict:
+    """``optimizer.pt`` as :meth:`DDPRunner.save` wrote it, loaded with ``weights_only``: tensors and plain
+    containers only, so a checkpoint folder that holds a crafted pickle (code run on load) is refused."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = (str(exc).strip().splitlines() or ["unpickling failed"])[0]
+        raise PsiRayError(f"{path}: refused: not a plain tensor checkpoint ({first})") from None

@@ -18,6 +18,7 @@ from pathlib import Path
 from psi_ray.config import TrainSpec
 from psi_ray.errors import PsiRayError, last_line, require
 from psi_ray.rundir import atomic_write_text
+from psi_ray.runtime import cuda_available
 from psi_ray.train.loop import MODEL, STATE
 
 
@@ -47,8 +48,8 @@ def resolve_dataset(source: str | Path) -> Path:
 def check_resources(spec: TrainSpec) -> None:
     """Fail with one line, before Ray schedules anything, when the requested workers cannot run here."""
     if spec.use_gpu:
-        torch = require("torch", "training")
-        if not torch.cuda.is_available():
+        require("torch", "training")
+        if not cuda_available():
             raise PsiRayError("train.use_gpu is set but this machine has no CUDA GPU; set use_gpu: false")
     if spec.strategy == "deepspeed":
         require("deepspeed", "training with DeepSpeed")
@@ -74,7 +75,7 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
     from ray.train.torch import TorchTrainer
 
     from psi_ray.models import resolve_model
-    from psi_ray.pipeline import init_ray
+    from psi_ray.runtime import init_ray
 
     dataset = resolve_dataset(dataset)
     check_resources(spec)
@@ -166,9 +167,11 @@ def export(checkpoint_model: Path, base_path: str, target: Path, lora: bool) -> 
         model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(str(checkpoint_model)).save_pretrained(tmp)
         tmp.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
+        old = target.with_name(f".{target.name}-old-{os.getpid()}")
+        if target.exists():  # the old model stays whole until the new one is in place
+            os.replace(target, old)
         os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

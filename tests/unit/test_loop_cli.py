@@ -49,13 +49,13 @@ def test_score_table_pairs_base_and_finetuned():
 def test_job_env_keys_come_from_the_submitted_jobs_runtime_env(monkeypatch):
     import json
 
-    from psi_ray.pipeline import _job_env_keys
+    from psi_ray.runtime import job_env_keys
 
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
-    assert _job_env_keys() == set()
+    assert job_env_keys() == set()
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
         {"runtime_env": {"working_dir": "x", "env_vars": {"HF_HUB_OFFLINE": "1", "PSI_RAY_HOME": "/h"}}}))
-    assert _job_env_keys() == {"HF_HUB_OFFLINE", "PSI_RAY_HOME"}
+    assert job_env_keys() == {"HF_HUB_OFFLINE", "PSI_RAY_HOME"}
 
 
 def test_training_output_refuses_other_settings(tmp_path, tiny_model):

@@ -1,0 +1,64 @@
+"""The process and cluster runtime every layer shares: Ray start-up, the env workers get, and the one CUDA probe.
+
+Nothing here knows about stages, runs or models, so ``pipeline``, ``train``, ``serve`` and ``evaluate`` can all
+import it without importing each other (dependencies point one way, toward this module).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+# Env vars of the driver that every Ray worker also needs (model cache, offline switches, vLLM's CPU binding).
+WORKER_ENV = ("PSI_RAY_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM",
+              "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+
+# Quiet engine-actor shutdown. vLLM's engine (a child process of the actor) and joblib register shared memory
+# and semaphores with multiprocessing's resource tracker, another child. At actor exit Ray kills the children
+# first (kill_child_processes_on_worker_exit), so the actor's own clean-up finds the tracker dead, relaunches it
+# and prints "KeyError: '/psm_...'" / "'/loky-...'" tracebacks; with the tracker left alive it cleans up what
+# the engine left and says so in a UserWarning ("leaked shared_memory objects"), which is silenced here too.
+ENGINE_ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "0",
+                    "PYTHONWARNINGS": "ignore::UserWarning:multiprocessing.resource_tracker"}
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` (a cluster, or inside ``ray job submit``) or start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for key in job_env_keys():  # inside a Ray job: its runtime env already sets these; Ray refuses a clash
+        env.pop(key, None)
+    ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env},
+             log_to_driver=True, logging_level="WARNING", configure_logging=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+
+
+def job_env_keys() -> set[str]:
+    """The env vars a submitted Ray job's runtime env sets (empty outside a job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return set()
+    return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether this process sees a CUDA GPU (False where torch is missing). The only CUDA probe in psi-ray."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def default_device() -> str:
+    """``cuda`` where a GPU is visible, else ``cpu``: where a model goes unless the caller says otherwise."""
+    return "cuda" if cuda_available() else "cpu"
