@@ -159,7 +159,7 @@ def masked_env(runtime_env: dict) -> dict:
 
 def secrets_of(args) -> list[str]:
     """What must not be printed: the token and the values of secret-looking ``--env`` keys."""
-    from psi_ray.config import looks_secret
+    from psi_ray.redact import looks_secret
 
     env = parse_env(args.env)
     return [auth_token() or "", *(v for k, v in env.items() if looks_secret(k))]

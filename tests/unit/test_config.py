@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from psi_ray.config import JobConfig, load_config, looks_secret
+from psi_ray.config import JobConfig, load_config
 from psi_ray.errors import PsiRayError
+from psi_ray.redact import looks_secret
 from tests.conftest import ROOT, run_cli
 
 JOB_FILES = sorted((ROOT / "jobs").glob("*.yaml"))
