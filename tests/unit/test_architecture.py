@@ -1,5 +1,6 @@
 """psi_ray's import graph, read from the source (AST): no import cycle, and the layers that use the data
-(``train``, ``serve``, ``evaluate``, ``report``) never import the pipeline or the CLI, which sit above them.
+(``train``, ``serve``, ``evaluate``, ``report``) never import the pipeline or the CLI, which sit above them;
+no module is over 400 lines.
 
 Every import counts, top-level or inside a function. ``from pkg import name`` is an edge to ``pkg.name`` when
 that is a module, else to ``pkg``; a module's own parent packages are not edges (Python imports them first
@@ -114,3 +115,9 @@ def test_lower_layers_never_import_the_pipeline_or_the_cli():
     bad = {m: sorted(t for t in targets if t.startswith(UPPER))
            for m, targets in import_graph().items() if m.startswith(LOWER_LAYERS)}
     assert {m: t for m, t in bad.items() if t} == {}
+
+
+def test_no_module_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in modules().values()
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
