@@ -17,12 +17,10 @@ def cmd_train(args) -> int:
     from psi_ray.train.run import resolve_dataset
 
     dataset = resolve_dataset(args.source)
-    fields = {k: getattr(args, k) for k in ("model", "strategy", "zero_stage", "num_workers", "epochs",
-                                             "batch_size", "lr", "max_seq_len", "max_steps", "checkpoint_every")
-              if getattr(args, k) is not None}
+    fields = {name: getattr(args, dest) for name, dest in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     if args.gpu and args.strategy is None:
         fields["strategy"] = "deepspeed"  # ZeRO in bf16 is the GPU default
-    spec = _validated(TrainSpec, {**fields, "lora": args.lora, "use_gpu": args.gpu})
+    spec = _validated(TrainSpec, fields)
     out = Path(args.out) if args.out else (Path(args.source) / "08_train" if Path(args.source).is_dir()
                                            else dataset.parent / "train")
     result = train(dataset, out, spec, seed=args.seed)
@@ -86,24 +84,43 @@ def _validated(model, data: dict):
         raise PsiRayError(format_validation_error(exc, "arguments").replace("\n", " ")) from None
 
 
+# TrainSpec fields the train verb takes as flags (field -> argparse dest); help, type, choices and default of each
+# flag come from the field itself, so the CLI and a job's ``train:`` section cannot drift apart.
+TRAIN_FLAGS = {"model": "model", "strategy": "strategy", "zero_stage": "zero_stage", "lora": "lora",
+               "lora_rank": "lora_rank", "use_gpu": "gpu", "num_workers": "num_workers",
+               "cpus_per_worker": "cpus_per_worker", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+               "max_seq_len": "max_seq_len", "max_steps": "max_steps", "checkpoint_every": "checkpoint_every"}
+
+
+def add_spec_flags(p) -> None:
+    """One ``--flag`` per :data:`TRAIN_FLAGS` entry, described by its ``TrainSpec`` field."""
+    import typing
+
+    from psi_ray.config import TrainSpec
+
+    for name, dest in TRAIN_FLAGS.items():
+        field = TrainSpec.model_fields[name]
+        default = f"default {field.default}" if field.default is not None else "unset by default"
+        text = f"{field.description or name.replace('_', ' ')} ({default}" + \
+            ("; deepspeed with --gpu)" if name == "strategy" else ")")
+        flag = "--" + dest.replace("_", "-")
+        if field.annotation is bool:
+            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
+            continue
+        kind = typing.get_args(field.annotation) or (field.annotation,)
+        if typing.get_origin(field.annotation) is typing.Literal:
+            p.add_argument(flag, dest=dest, type=type(kind[0]), choices=list(kind), default=None, help=text)
+        else:
+            p.add_argument(flag, dest=dest, type=next(k for k in kind if k is not type(None)), default=None,
+                           help=text)
+
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune M_t on a dataset with Ray Train", description=cmd_train.__doc__)
     p.add_argument("source", metavar="RUN_DIR|DATASET", help="a run directory or a Parquet file with 'messages'")
-    p.add_argument("--model", default=None, help="M_t: built-in name, HF folder or hub id (default smollm2-135m)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/08_train)")
-    p.add_argument("--strategy", choices=["ddp", "deepspeed"], default=None,
-                   help="ddp (default on CPU; gloo) or deepspeed (ZeRO; default and bf16 with --gpu)")
-    p.add_argument("--zero-stage", type=int, choices=[2, 3], default=None, help="DeepSpeed ZeRO stage (default 2)")
-    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the exported model)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default 2)")
-    p.add_argument("--epochs", type=float, default=None, help="passes over the data (default 1)")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per worker per step (default 4)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5, linear decay)")
-    p.add_argument("--max-seq-len", type=int, default=None, help="tokens per example (default 384)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (0 = per epoch)")
-    p.add_argument("--seed", type=int, default=0)
+    add_spec_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order and of LoRA's initialisation (default 0)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("serve", help="serve a model as an OpenAI-compatible API", description=cmd_serve.__doc__)

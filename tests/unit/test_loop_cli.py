@@ -86,3 +86,22 @@ def test_job_eval_tasks_are_the_shipped_ones():
     assert set(EvalSpec.model_fields["tasks"].annotation.__args__[0].__args__) == set(TASKS)
     with pytest.raises(ValidationError):
         EvalSpec(tasks=["trivia"])
+
+
+def test_train_flags_come_from_train_spec():
+    """Every TrainSpec field the train verb takes is a flag whose help shows the field's own default."""
+    import argparse
+
+    from psi_ray.cli_loop import TRAIN_FLAGS, add_spec_flags
+    from psi_ray.config import TrainSpec
+
+    parser = argparse.ArgumentParser()
+    add_spec_flags(parser)
+    actions = {a.dest: a for a in parser._actions}
+    for name, dest in TRAIN_FLAGS.items():
+        field = TrainSpec.model_fields[name]
+        assert f"default {field.default}" in actions[dest].help or field.default is None, name
+    assert actions["strategy"].choices == ["ddp", "deepspeed"] and actions["zero_stage"].choices == [2, 3]
+    args = parser.parse_args(["--epochs", "0.5", "--lora", "--gpu", "--zero-stage", "3"])
+    assert (args.epochs, args.lora, args.gpu, args.zero_stage, args.lr) == (0.5, True, True, 3, None)
+    assert set(TRAIN_FLAGS) == set(TrainSpec.model_fields) - {"enabled", "resources"}  # a new field gets a flag
