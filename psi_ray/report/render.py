@@ -1,8 +1,9 @@
 """Turn collected run dicts into one self-contained HTML page (figures as inline PNG) and a Markdown summary.
 
-The figures (``figures.py``) are embedded as base64, so ``report.html`` opens anywhere, offline, as one file;
-numbers are formatted by ``fmt.py``. Sections whose data a run does not have (a teacher run's principles, an
-unfinished run's validity) are left out rather than drawn empty.
+:func:`sections` lists the report's sections once; ``templates/report.html.j2`` and ``report.md.j2`` lay them
+out (Jinja, autoescaped for HTML). The figures (``figures.py``) are embedded as base64, so ``report.html``
+opens anywhere, offline, as one file; numbers are formatted by ``fmt.py``. Sections whose data a run does not
+have (a teacher run's principles, an unfinished run's validity) are left out rather than drawn empty.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 import time
+from pathlib import Path
 
 from psi_ray.report.collect import ENERGY, TIERS
 from psi_ray.report.figures import (
@@ -156,85 +158,105 @@ def _e(x) -> str:
 NUMERIC = re.compile(r"^[-+]?[\d,.]+(e[-+]?\d+)?( ?(s|min|h|%|×))?$|^–$")
 
 
-def _table(head: list[str], body: list[list[str]], first_text: int = 1) -> str:
-    """An HTML table; cells from column ``first_text`` on that hold a figure are right-aligned."""
+def _table(table: tuple[list[str], list[list[str]]], first_text: int = 1) -> str:
+    """An HTML table (escaped, safe to insert); cells from column ``first_text`` on that hold a figure are
+    right-aligned."""
+    from markupsafe import Markup
+
+    head, body = table
     def cell(i, c):
         text = _e(c).replace("\n", "<br>")
         return f'<td class="n">{text}</td>' if i >= first_text and NUMERIC.match(c) else f"<td>{text}</td>"
     rows = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in body)
-    return f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{rows}</table>"
+    return Markup(f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{rows}</table>")
 
 
-def _img(b64: str, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+def sections(run: dict, comp: dict | None = None) -> list[dict]:
+    """The report's sections in page order, each listed once for both the page and the Markdown summary.
+
+    A section has an ``id`` and ``title`` (the page), an ``md_title`` (``None``: page only), paragraphs
+    (``text`` before and ``after`` the table on the page, ``md_text`` in Markdown), an optional ``figure``
+    (called only when the page is drawn) with its ``alt`` text, drawn above the table unless ``figure_first``
+    is false, a ``table`` ``(head, body)`` whose cells from
+    column ``first_text`` on are right-aligned when numeric, and a principle ``tree``. Sections whose data a run
+    does not have are left out.
+    """
+    from markupsafe import Markup
+
+    out: list[dict] = []
+
+    def add(sid, title, md_title=None, text=(), md_text=(), figure=None, alt="", table=None, first_text=1,
+            wide=False, tree=None, after=(), figure_first=True):
+        out.append({"id": sid, "title": title, "md_title": md_title, "text": list(text), "md_text": list(md_text),
+                    "figure": figure, "alt": alt, "table": table, "first_text": first_text, "wide": wide,
+                    "tree": tree, "after": list(after), "figure_first": figure_first})
+
+    if comp:
+        teacher = (f"Ratios divide each run's per-1K-valid figure by the teacher run {comp['teacher']}'s."
+                   if comp["teacher"] else "No finished teacher run is among these, so there are no ratios.")
+        chart = (lambda: fig_compare(comp["rows"])) if any(r["per_1k"] for r in comp["rows"]) else None
+        add("compare", "Runs compared", "Runs compared", text=[teacher], figure=chart,
+            alt="kWh per 1K valid instances by run", table=_compare_table(comp), first_text=3, wide=True,
+            figure_first=False)
+    if run["stages"]:
+        status = [] if run["finished"] else [
+            f"Unfinished: in progress {', '.join(r['folder'] for r in run['running']) or 'none'}; "
+            f"not started {', '.join(run['missing']) or 'none'}."]
+        add("timeline", "Stage timeline", text=status, figure=lambda: fig_timeline(run["stages"]),
+            alt="stage timeline")
+        per = run["per_1k_valid"]
+        per_txt = [Markup("Per 1K valid instances: <b>{} kWh</b>, <b>{} kgCO2e</b> ({} valid).").format(
+            num(per["energy_kwh"]), num(per["emissions_kg"]), num(run["valid"]))] if per else []
+        power = f"Power source: {power_text(run)}."
+        add("energy", "Energy and emissions per stage", "Stages, energy and emissions", text=[power],
+            md_text=[power], figure=(lambda: fig_energy(run["stages"])) if run["measured"] else None,
+            alt="energy per stage", table=_stage_table(run), first_text=2, after=per_txt)
+    if run["tokens"]:
+        add("throughput", "Throughput per model tier", "Throughput per model tier",
+            text=["Output tokens divided by the wall time of the stages the tier ran in (engine start-up "
+                  "included)."], figure=lambda: fig_throughput(run["tokens"], run["tokens_by_stage"]),
+            alt="throughput per tier", table=_token_table(run))
+    if run["validity"]:
+        add("validity", "Validity and reject reasons", "Validity and reject reasons",
+            figure=lambda: fig_validity(run["validity"]), alt="validity and reject reasons",
+            table=_validity_table(run["validity"]))
+    if run.get("hygiene"):
+        add("hygiene", "Principle hygiene", "Principle hygiene",
+            text=["Principles that echo the prompt, repeat words, are numbered stubs, too short or long, or "
+                  "near-duplicate another are kept with a reason and never guide instances; a rejected summary "
+                  "falls back to its cluster's most central valid member."],
+            table=_hygiene_table(run["hygiene"]))
+    if run["principles"]:
+        add("principles", "Principle tree", "Principle tree", tree=run["principles"])
+    if run["projection"]:
+        add("projection", "Low-level principles in 2-D (PCA of their embeddings)",
+            text=["Each point is one low-level principle, coloured by its k-means cluster."],
+            figure=lambda: fig_projection(run["projection"]), alt="principle projection")
+    if run["eval"]:
+        note = _eval_note(run)
+        add("eval", "Evaluation scores", "Evaluation scores", text=[note], md_text=[note],
+            table=_eval_table(run["eval"]))
+    return out
 
 
-def _section(sid: str, title: str, *parts: str) -> str:
-    return f'<section id="{sid}"><h2>{_e(title)}</h2>{"".join(parts)}</section>'
+def _template(name: str):
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=name.endswith(".html.j2"), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    env.filters.update(html_table=_table, md_table=lambda t: _md_table(*t),
+                       oneline=lambda x: str(x).replace("\n", " "))
+    return env.get_template(name)
 
 
 def render_html(run: dict, comp: dict | None = None) -> str:
     """The whole report page for ``run`` (and the comparison table when ``comp`` is given)."""
-    out = [f"<h1>psi-ray run report: {_e(run['run_id'])}</h1>",
-           f'<p class="meta">{_e(run["path"])} · generated {_e(when(time.time()))}</p>',
-           '<ul class="headline">' + "".join(f"<li>{_e(x)}</li>" for x in headline(run, comp, notes=False)) + "</ul>"]
-    notes = (comp or {}).get("notes") or run["notes"]
-    out += [f'<p class="note"><b>Note.</b> {_e(n)}</p>' for n in notes]
-    if comp:
-        head, body = _compare_table(comp)
-        teacher = (f"Ratios divide each run's per-1K-valid figure by the teacher run {comp['teacher']}'s."
-                   if comp["teacher"] else "No finished teacher run is among these, so there are no ratios.")
-        chart = _img(fig_compare(comp["rows"]), "kWh per 1K valid instances by run") \
-            if any(r["per_1k"] for r in comp["rows"]) else ""
-        out.append(_section("compare", "Runs compared", f"<p>{_e(teacher)}</p>",
-                            f'<div class="wide">{_table(head, body, 3)}</div>', chart))
-    if run["stages"]:
-        status = "" if run["finished"] else (
-            f"<p>Unfinished: in progress {_e(', '.join(r['folder'] for r in run['running']) or 'none')}; "
-            f"not started {_e(', '.join(run['missing']) or 'none')}.</p>")
-        out.append(_section("timeline", "Stage timeline", status, _img(fig_timeline(run["stages"]), "stage timeline")))
-        head, body = _stage_table(run)
-        per = run["per_1k_valid"]
-        per_txt = (f"<p>Per 1K valid instances: <b>{num(per['energy_kwh'])} kWh</b>, "
-                   f"<b>{num(per['emissions_kg'])} kgCO2e</b> ({num(run['valid'])} valid).</p>") if per else ""
-        out.append(_section("energy", "Energy and emissions per stage",
-                            f"<p>Power source: {_e(power_text(run))}.</p>",
-                            _img(fig_energy(run["stages"]), "energy per stage") if run["measured"] else "",
-                            _table(head, body, 2), per_txt))
-    if run["tokens"]:
-        head, body = _token_table(run)
-        out.append(_section("throughput", "Throughput per model tier",
-                            "<p>Output tokens divided by the wall time of the stages the tier ran in (engine "
-                            "start-up included).</p>",
-                            _img(fig_throughput(run["tokens"], run["tokens_by_stage"]), "throughput per tier"),
-                            _table(head, body)))
-    if run["validity"]:
-        head, body = _validity_table(run["validity"])
-        out.append(_section("validity", "Validity and reject reasons",
-                            _img(fig_validity(run["validity"]), "validity and reject reasons"), _table(head, body)))
-    if run.get("hygiene"):
-        out.append(_section("hygiene", "Principle hygiene",
-                            "<p>Principles that echo the prompt, repeat words, are numbered stubs, too short or "
-                            "long, or near-duplicate another are kept with a reason and never guide instances; a "
-                            "rejected summary falls back to its cluster's most central valid member.</p>",
-                            _table(*_hygiene_table(run["hygiene"]))))
-    if run["principles"]:
-        items = "".join(
-            f"<li><b>{_e(h['id'])}</b> {_e(h['text'] or '(no text: ' + str(h['error']) + ')')} "
-            f'<span class="meta">(cluster {_e(h["cluster_id"])}, {len(h["members"])} low-level)</span><ul>'
-            + "".join(f"<li><code>{_e(m['id'])}</code> {_e(m['text'])}</li>" for m in h["members"]) + "</ul></li>"
-            for h in run["principles"])
-        out.append(_section("principles", "Principle tree", '<ul class="tree">' + items + "</ul>"))
-    if run["projection"]:
-        out.append(_section("projection", "Low-level principles in 2-D (PCA of their embeddings)",
-                            "<p>Each point is one low-level principle, coloured by its k-means cluster.</p>",
-                            _img(fig_projection(run["projection"]), "principle projection")))
-    if run["eval"]:
-        head, body = _eval_table(run["eval"])
-        out.append(_section("eval", "Evaluation scores", f"<p>{_e(_eval_note(run))}</p>", _table(head, body)))
-    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>psi-ray report: {_e(run['run_id'])}</title><style>{CSS}</style></head>"
-            f"<body><main>{''.join(out)}</main></body></html>\n")
+    from markupsafe import Markup
+
+    return _template("report.html.j2").render(
+        run=run, css=Markup(CSS), generated=when(time.time()), headline=headline(run, comp, notes=False),
+        notes=(comp or {}).get("notes") or run["notes"], sections=sections(run, comp))
 
 
 # ---- Markdown ------------------------------------------------------------------------------------------------
@@ -249,24 +271,5 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
 
 def render_markdown(run: dict, comp: dict | None = None) -> str:
     """The summary: headline, then the same tables as the page, without figures."""
-    out = [f"# psi-ray run report: {run['run_id']}", "", *(f"- {x}" for x in headline(run, comp)), ""]
-    if comp:
-        out += ["## Runs compared", "", _md_table(*_compare_table(comp)), ""]
-    if run["stages"]:
-        out += ["## Stages, energy and emissions", "", f"Power source: {power_text(run)}.", "",
-                _md_table(*_stage_table(run)), ""]
-    if run["tokens"]:
-        out += ["## Throughput per model tier", "", _md_table(*_token_table(run)), ""]
-    if run["validity"]:
-        out += ["## Validity and reject reasons", "", _md_table(*_validity_table(run["validity"])), ""]
-    if run.get("hygiene"):
-        out += ["## Principle hygiene", "", _md_table(*_hygiene_table(run["hygiene"])), ""]
-    if run["principles"]:
-        out += ["## Principle tree", ""]
-        for h in run["principles"]:
-            out.append(f"- **{h['id']}** {h['text']}".replace("\n", " "))
-            out += [f"  - `{m['id']}` {m['text']}".replace("\n", " ") for m in h["members"]]
-        out.append("")
-    if run["eval"]:
-        out += ["## Evaluation scores", "", _eval_note(run), "", _md_table(*_eval_table(run["eval"])), ""]
-    return "\n".join(out)
+    text = _template("report.md.j2").render(run=run, headline=headline(run, comp), sections=sections(run, comp))
+    return text.rstrip("\n") + "\n"
