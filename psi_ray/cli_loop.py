@@ -13,6 +13,7 @@ def cmd_train(args) -> int:
     """Fine-tune a target model M_t on a psi-ray dataset with Ray Train; re-running the same command resumes
     from the last checkpoint. Writes an HF model folder (LoRA merged) to OUT/model."""
     from psi_ray.config import TrainSpec
+    from psi_ray.rundir import StageDir
     from psi_ray.train import train
     from psi_ray.train.run import resolve_dataset
 
@@ -21,8 +22,8 @@ def cmd_train(args) -> int:
     if args.gpu and args.strategy is None:
         fields["strategy"] = "deepspeed"  # ZeRO in bf16 is the GPU default
     spec = _validated(TrainSpec, fields)
-    out = Path(args.out) if args.out else (Path(args.source) / "08_train" if Path(args.source).is_dir()
-                                           else dataset.parent / "train")
+    out = Path(args.out) if args.out else (StageDir.named(Path(args.source), "train").path
+                                           if Path(args.source).is_dir() else dataset.parent / "train")
     result = train(dataset, out, spec, seed=args.seed)
     print(f"\n{result.steps} steps on {result.examples} examples in {result.seconds:.0f}s; "
           f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}" + (f" (resumed from step {result.resumed_from})"

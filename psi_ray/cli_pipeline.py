@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from psi_ray import cli_cluster, cli_loop, cli_report
@@ -16,7 +15,9 @@ def cmd_run(args) -> int:
 
     cfg = load_config(args.config, {"method": args.method, "run_id": args.run_id, "runs_dir": args.runs_dir})
     run_dir = pipeline.run(cfg)
-    manifest = json.loads((run_dir / "07_dataset" / "manifest.json").read_text())
+    from psi_ray.rundir import StageDir
+
+    manifest = StageDir.named(run_dir, "dataset").manifest()
     print(f"\ndataset: {manifest['dataset']} ({manifest['valid']} valid instances)")
     print(f"run directory: {run_dir}")
     if not args.no_report:
@@ -31,9 +32,9 @@ def cmd_principles(args) -> int:
     from psi_ray.rundir import StageDir
 
     run_dir = Path(args.run_dir)
-    low, high = StageDir(run_dir, 3, "cluster"), StageDir(run_dir, 4, "summarize")
+    low, high = StageDir.named(run_dir, "cluster"), StageDir.named(run_dir, "summarize")
     if not high.manifest():
-        raise PsiRayError(f"{run_dir}: no finished summarize stage (04_summarize/manifest.json); "
+        raise PsiRayError(f"{run_dir}: no finished summarize stage ({high.manifest_path.relative_to(run_dir)}); "
                           "only psi runs have principles")
     members = low.read()
     for h in sorted(high.read(), key=lambda x: x["principle_id"]):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 
-from psi_ray.rundir import StageDir, atomic_write_text
+from psi_ray.rundir import DATASET_FILE, MODEL_DIR, SCORES_FILE, StageDir, atomic_write_text
 
 
 def train_stage(r, sd: StageDir, dataset_sd: StageDir):
     """Fine-tune ``train.model`` on the run's dataset; the manifest records steps, losses and the model folder."""
     from psi_ray.train import train
 
-    result = train(dataset_sd.path / "data.parquet", sd.path, r.cfg.train, seed=r.cfg.seed)
+    result = train(dataset_sd.path / DATASET_FILE, sd.path, r.cfg.train, seed=r.cfg.seed)
     return None, {"rows": result.examples, "steps": result.steps, "first_loss": result.losses[0],
                   "final_loss": result.losses[-1], "losses": result.losses, "model": str(result.model_dir),
                   "strategy": r.cfg.train.strategy, "lora": r.cfg.train.lora, "resumed_from": result.resumed_from,
@@ -33,12 +33,12 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
     if ec.compare_base or trained is None:
         models["base"] = r.cfg.train.model
     if trained is not None:
-        models["finetuned"] = str(trained.path / "model")
+        models["finetuned"] = str(trained.path / MODEL_DIR)
     reports = {label: evaluate(model, ec.tasks, sd.path / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens,
                                       concurrency=ec.concurrency)
                for label, model in models.items()}
     scores = table(reports)
-    atomic_write_text(sd.path / "scores.json", json.dumps(
+    atomic_write_text(sd.path / SCORES_FILE, json.dumps(
         {"limit": ec.limit, "tasks": scores, "models": {k: v["model"] for k, v in reports.items()},
          "main_metric": {t: TASKS[t].main_metric for t in ec.tasks}}, indent=2))
     return None, {"rows": len(scores), "scores": scores, "limit": ec.limit}

@@ -19,7 +19,15 @@ from psi_ray import carbon, closing
 from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
-from psi_ray.rundir import ParquetSink, StageDir, atomic_write_text, locked, read_parquet_rows
+from psi_ray.rundir import (
+    DATASET_CARD,
+    DATASET_FILE,
+    ParquetSink,
+    StageDir,
+    atomic_write_text,
+    locked,
+    read_parquet_rows,
+)
 from psi_ray.runtime import ENGINE_ACTOR_ENV, init_ray
 from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize, verify
 from psi_ray.stages import filter as filters
@@ -107,14 +115,14 @@ class Run:
         self.adapter = get_adapter(cfg.task.adapter)
         self.digests: list[str] = []
 
-    def stage(self, index: int, name: str, sections: tuple[str, ...], compute, salt: str = "") -> StageDir:
+    def stage(self, name: str, sections: tuple[str, ...], compute, salt: str = "") -> StageDir:
         """Run ``compute(sd) -> (rows, manifest_extra)`` measured, unless the stage's manifest says it is done.
 
         ``rows`` is written as part 0 unless ``compute`` wrote its own parts (then it returns ``None`` and
         puts ``rows`` in the extra). ``salt`` joins the digest (e.g. the content hash of an input file).
         Returns the stage folder.
         """
-        sd = StageDir(self.dir, index, name)
+        sd = StageDir.named(self.dir, name)
         upstream = self.digests[-1] if self.digests else ""
         key = self.cfg.digest(*sections, "seed", "method") + upstream + salt
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -170,7 +178,7 @@ def seeds_stage(r: Run, seed_rows: list[dict]) -> StageDir:
     """Stage 0: the seeds as read. Its digest covers their content, not only their path, so an edited seed
     file makes every later finished stage a config mismatch instead of a silent reuse."""
     content = hashlib.sha256(json.dumps(seed_rows, sort_keys=True, default=str).encode()).hexdigest()
-    return r.stage(0, "seeds", ("task",), lambda sd: (seed_rows, {}), salt=content)
+    return r.stage("seeds", ("task",), lambda sd: (seed_rows, {}), salt=content)
 
 
 def _stages(r: Run, seed_rows: list[dict]) -> None:
@@ -182,25 +190,25 @@ def _stages(r: Run, seed_rows: list[dict]) -> None:
         path = cfg.path(cfg.principles.file)
         texts = principles.load_principle_file(path)
         salt = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-        low = r.stage(2, "principles", ("principles",), lambda sd: _principles_from(texts, path), salt=salt).read()
-        high = r.stage(4, "summarize", ("principles",), lambda sd: _as_high_level(low)).read()
+        low = r.stage("principles", ("principles",), lambda sd: _principles_from(texts, path), salt=salt).read()
+        high = r.stage("summarize", ("principles",), lambda sd: _as_high_level(low)).read()
     elif cfg.method == "psi":
-        pool = r.stage(1, "expand", ("task", "expand", "generator"), lambda sd: _expand(r, seed_rows)).read()
-        low = r.stage(2, "principles", ("principles", "large"), lambda sd: _principles(r, pool)).read()
-        clustered = r.stage(3, "cluster", ("cluster", "embedder"), lambda sd: _cluster(r, low)).read()
-        high = r.stage(4, "summarize", ("summarize", "large"), lambda sd: _summarize(r, clustered)).read()
+        pool = r.stage("expand", ("task", "expand", "generator"), lambda sd: _expand(r, seed_rows)).read()
+        low = r.stage("principles", ("principles", "large"), lambda sd: _principles(r, pool)).read()
+        clustered = r.stage("cluster", ("cluster", "embedder"), lambda sd: _cluster(r, low)).read()
+        high = r.stage("summarize", ("summarize", "large"), lambda sd: _summarize(r, clustered)).read()
     high = [h for h in high if h["text"]]  # a cluster with no usable summary nor member guides nothing
-    made = r.stage(5, "instances", ("instances", "shard_size", "generator", "large"),
+    made = r.stage("instances", ("instances", "shard_size", "generator", "large"),
                    lambda sd: _instances(r, sd, seed_rows, high))
     if cfg.verify.enabled:
-        made = r.stage(5, "verify", ("verify", cfg.verify.tier), lambda sd: verify_stage(r, sd, made))
-    kept = r.stage(6, "filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
-    data = r.stage(7, "dataset", (), lambda sd: dataset_stage(r, sd, kept, high))
+        made = r.stage("verify", ("verify", cfg.verify.tier), lambda sd: verify_stage(r, sd, made))
+    kept = r.stage("filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
+    data = r.stage("dataset", (), lambda sd: dataset_stage(r, sd, kept, high))
     trained = None
     if cfg.train.enabled:
-        trained = r.stage(8, "train", ("train",), lambda sd: closing.train_stage(r, sd, data))
+        trained = r.stage("train", ("train",), lambda sd: closing.train_stage(r, sd, data))
     if cfg.eval.enabled:
-        r.stage(9, "eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, trained))
+        r.stage("eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, trained))
 
 
 def _expand(r: Run, seed_rows):
@@ -348,7 +356,7 @@ def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
     """Write the kept rows as chat-format Parquet, part by part into one file, and the dataset card."""
     cfg = r.cfg
     sampling = cfg.instances.sampling.model_dump()
-    with ParquetSink(sd.path / "data.parquet", dataset.schema()) as sink:
+    with ParquetSink(sd.path / DATASET_FILE, dataset.schema()) as sink:
         for path in kept.parts().values():
             sink.write(dataset.to_records(read_parquet_rows([path]), cfg.task.adapter, cfg.method, sampling))
     fm = kept.manifest()
@@ -359,5 +367,5 @@ def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
     writer = cfg.large.model if cfg.method == "teacher" else cfg.generator.model
     models = {"M_L (principles)": cfg.large.model, "M_g / writer": writer} if cfg.method == "psi" else \
         {"writer": writer}
-    atomic_write_text(sd.path / "README.md", dataset.card(cfg, high, counts, models))
-    return None, {"rows": sink.rows, "dataset": str(sd.path / "data.parquet"), "valid": sink.rows}
+    atomic_write_text(sd.path / DATASET_CARD, dataset.card(cfg, high, counts, models))
+    return None, {"rows": sink.rows, "dataset": str(sd.path / DATASET_FILE), "valid": sink.rows}

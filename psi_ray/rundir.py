@@ -97,6 +97,15 @@ class ParquetSink:
 
 
 STAMP = "_config_digest"  # "_" first: Arrow dataset readers skip it
+MANIFEST = "manifest.json"
+DATASET_FILE = "data.parquet"  # in the dataset stage's folder
+DATASET_CARD = "README.md"  # beside it
+MODEL_DIR = "model"  # in the train stage's folder: the exported HF model
+SCORES_FILE = "scores.json"  # in the eval stage's folder
+
+# The run layout: each stage's folder is ``<index:02d>_<name>``; verify shares instances' index (stage 5b).
+STAGES = {"seeds": 0, "expand": 1, "principles": 2, "cluster": 3, "summarize": 4, "instances": 5, "verify": 5,
+          "filter": 6, "dataset": 7, "train": 8, "eval": 9}
 
 
 @contextmanager
@@ -128,7 +137,12 @@ class StageDir:
     def __init__(self, run_dir: Path, index: int, name: str):
         self.name = name
         self.path = Path(run_dir) / f"{index:02d}_{name}"
-        self.manifest_path = self.path / "manifest.json"
+        self.manifest_path = self.path / MANIFEST
+
+    @classmethod
+    def named(cls, run_dir: Path, name: str) -> StageDir:
+        """The folder of stage ``name`` in ``run_dir``, as :data:`STAGES` places it."""
+        return cls(run_dir, STAGES[name], name)
 
     def manifest(self) -> dict | None:
         if not self.manifest_path.exists():
@@ -178,6 +192,16 @@ class StageDir:
 
     def write_manifest(self, data: dict) -> None:
         atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def dataset_file(run_dir: Path) -> Path:
+    """The dataset a run made (``07_dataset/data.parquet``)."""
+    return StageDir.named(run_dir, "dataset").path / DATASET_FILE
+
+
+def scores_file(run_dir: Path) -> Path:
+    """The eval stage's base vs fine-tuned scores (``09_eval/scores.json``)."""
+    return StageDir.named(run_dir, "eval").path / SCORES_FILE
 
 
 def stage_dirs(run_dir: Path) -> list[StageDir]:

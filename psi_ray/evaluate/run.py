@@ -12,6 +12,7 @@ from pathlib import Path
 
 from psi_ray.backends.base import check_key_transport
 from psi_ray.errors import PsiRayError, last_line, require
+from psi_ray.rundir import SCORES_FILE
 
 HERE = Path(__file__).parent
 
@@ -115,7 +116,7 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
                 _write_samples(out_dir / f"samples_{task}.jsonl", samples[task])
     report = {"model": target, "served_name": name, "endpoint": base_url, "limit": limit, "tasks": scores,
               "main_metric": {t: TASKS[t].main_metric for t in tasks}}
-    (out_dir / "scores.json").write_text(json.dumps(report, indent=2))
+    (out_dir / SCORES_FILE).write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from psi_ray.carbon import FIELDS
 from psi_ray.errors import PsiRayError
-from psi_ray.rundir import StageDir, read_parquet_rows, stage_dirs
+from psi_ray.rundir import SCORES_FILE, StageDir, read_parquet_rows, scores_file, stage_dirs
 
 STAGES = ("seeds", "expand", "principles", "cluster", "summarize", "instances", "filter", "dataset")
 PSI_ONLY = ("expand", "principles", "cluster", "summarize")
@@ -110,11 +110,11 @@ def _tokens(stages: list[dict], models: dict) -> tuple[dict, list[dict]]:
 
 def _principles(run_dir: Path, manifests: dict) -> tuple[list[dict] | None, list[dict] | None]:
     """The principle tree (high-level → low-level members) and the 2-D projection points, where finished."""
-    low = read_parquet_rows(list(StageDir(run_dir, 3, "cluster").parts().values())) \
+    low = read_parquet_rows(list(StageDir.named(run_dir, "cluster").parts().values())) \
         if "cluster" in manifests else None
     tree = None
     if "summarize" in manifests:
-        high = read_parquet_rows(list(StageDir(run_dir, 4, "summarize").parts().values()))
+        high = read_parquet_rows(list(StageDir.named(run_dir, "summarize").parts().values()))
         by_id = {r["principle_id"]: r for r in low or []}
         tree = []
         for h in sorted(high, key=lambda r: r["principle_id"]):
@@ -199,7 +199,7 @@ def collect(run_dir) -> dict:
         per_1k = {k: making[k] / valid * 1000 for k in PER_1K}
     tokens, tokens_by_stage = _tokens(stages, models)
     tree, points = _principles(run_dir, manifests)
-    scores = _read_json(run_dir / "09_eval" / "scores.json") or _read_json(run_dir / "eval" / "scores.json")
+    scores = _read_json(scores_file(run_dir)) or _read_json(run_dir / "eval" / SCORES_FILE)  # layout before 09_eval
     notes = [SAME_MODEL_NOTE.format(model=models["large"])] if models["same"] else []
     return {
         "run_id": run_dir.name, "path": str(run_dir), "method": method, "seed": cfg.get("seed"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from psi_ray.config import TrainSpec
 from psi_ray.errors import PsiRayError, last_line, require
-from psi_ray.rundir import atomic_write_text
+from psi_ray.rundir import atomic_write_text, dataset_file
 from psi_ray.runtime import cuda_available
 from psi_ray.train.loop import MODEL, STATE
 
@@ -39,7 +39,7 @@ def resolve_dataset(source: str | Path) -> Path:
     """A run directory (its ``07_dataset/data.parquet``) or a Parquet file → the dataset file."""
     path = Path(source)
     if path.is_dir():
-        path = path / "07_dataset" / "data.parquet"
+        path = dataset_file(path)
     if not path.is_file():
         raise PsiRayError(f"no dataset at {path}: pass a run directory with a finished dataset stage or a Parquet file")
     return path

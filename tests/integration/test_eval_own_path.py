@@ -36,7 +36,7 @@ def eval_run(ray_session, tiny_model, tmp_path_factory):
                           "concurrency": 4}, carbon={"enabled": False})
     r = Run(cfg)
     atomic_write_text(r.dir / "config.json", cfg.model_dump_json())
-    sd = r.stage(9, "eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, None))  # base M_t only
+    sd = r.stage("eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, None))  # base M_t only
     return r.dir, sd
 
 

@@ -129,7 +129,7 @@ def filtered(tmp_path_factory):
     made = StageDir(r.dir, 5, "instances")
     for i, rows in enumerate(parts):
         made.write_part(i, rows)
-    sd = r.stage(6, "filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
+    sd = r.stage("filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
     return seed_rows, parts, expect, sd
 
 

@@ -41,7 +41,7 @@ def shards(r: Run, sd: StageDir, n: int, stop_after: int | None = None):
 
 
 def instances(r: Run, stop_after: int | None = None) -> StageDir:
-    return r.stage(5, "instances", ("instances", "shard_size"), lambda sd: shards(r, sd, 10, stop_after))
+    return r.stage("instances", ("instances", "shard_size"), lambda sd: shards(r, sd, 10, stop_after))
 
 
 def test_changed_shard_size_is_refused_not_mixed(tmp_path):
