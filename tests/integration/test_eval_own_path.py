@@ -26,9 +26,8 @@ def lines(path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def eval_run(ray_session, tiny_model, tmp_path_factory):
-    from psi_ray import closing
     from psi_ray.config import JobConfig
-    from psi_ray.pipeline import Run
+    from psi_ray.pipeline import Run, closing
     from psi_ray.rundir import atomic_write_text
 
     cfg = JobConfig(runs_dir=str(tmp_path_factory.mktemp("runs")), train={"model": str(tiny_model)},

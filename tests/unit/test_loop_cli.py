@@ -4,7 +4,7 @@ base vs fine-tuned score table is built from lm-eval's metric names."""
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from psi_ray.closing import table
+from psi_ray.pipeline.closing import table
 from tests.conftest import run_cli
 from tests.unit.test_cli_errors import assert_clean_error
 

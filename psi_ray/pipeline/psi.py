@@ -1,9 +1,7 @@
-"""The Ray Data wiring of the PSI stages, and the run directory.
+"""The PSI wiring: ``run(cfg)`` reads like the method.
 
-``run(cfg)`` reads like the method: seeds → expand (M_g) → principles (M_L) → cluster → summarize (M_L) →
-instances (M_g, or M_L for ``teacher``) → filter → dataset. Model-facing stages stream their prompts through
-``map_batches`` into engine actors (:class:`GenerateUDF`) that hold one backend each, placed with the tier's
-Ray resources; an engine lives only for its stage. Instance generation is sharded: each shard is written
+seeds → expand (M_g) → principles (M_L) → cluster → summarize (M_L) → instances (M_g, or M_L for ``teacher``)
+→ verify (optional) → filter → dataset → train → eval. Instance generation is sharded: each shard is written
 atomically as soon as all its rows are back, so an interrupted run re-does only unfinished shards.
 """
 
@@ -15,10 +13,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from psi_ray import carbon, closing
-from psi_ray.config import JobConfig, ModelSpec
+from psi_ray.config import JobConfig
 from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
+from psi_ray.pipeline import closing
+from psi_ray.pipeline.engines import check_endpoints, generate, nodes_of, tokens_by_tier
+from psi_ray.pipeline.runner import Run
 from psi_ray.rundir import (
     DATASET_CARD,
     DATASET_FILE,
@@ -28,129 +28,9 @@ from psi_ray.rundir import (
     locked,
     read_parquet_rows,
 )
-from psi_ray.runtime import ENGINE_ACTOR_ENV, init_ray
+from psi_ray.runtime import init_ray
 from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize, verify
 from psi_ray.stages import filter as filters
-from psi_ray.tasks import get_adapter
-
-
-class GenerateUDF:
-    """A Ray Data actor holding one engine: prompts in (JSON chat messages), generations out."""
-
-    def __init__(self, spec: dict, params: dict):
-        import ray
-
-        from psi_ray.backends import SamplingParams, load_backend
-
-        self.backend = load_backend(spec["backend"], spec["model"], **spec["options"])
-        self.params = SamplingParams(**params)
-        self.node_id = ray.get_runtime_context().get_node_id()
-        self.ready_at = time.time()  # lets benchmarks separate engine start-up from generation
-
-    def __call__(self, batch: dict) -> dict:
-        prompts = [json.loads(p) for p in batch["prompt"]]
-        gens = self.backend.generate(prompts, self.params)
-        return {
-            "id": list(batch["id"]),
-            "raw_output": [g.text for g in gens],
-            "finish_reason": [g.finish_reason or "" for g in gens],
-            "prompt_tokens": [g.prompt_tokens for g in gens],
-            "output_tokens": [g.output_tokens for g in gens],
-            "error": [g.error or "" for g in gens],
-            "node_id": [self.node_id] * len(gens),
-            "engine_ready_at": [self.ready_at] * len(gens),
-        }
-
-
-def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list[dict]:
-    """Run ``rows`` (``id``, ``prompt``) through engine actors of tier ``spec``; return one dict per row.
-
-    ``on_batch`` sees each result batch as it arrives (instance generation writes shards from it).
-    """
-    import ray
-
-    if not rows:
-        return []
-    items = [{"id": r["id"], "prompt": json.dumps(r["prompt"])} for r in rows]
-    spec_d = {"backend": spec.backend, "model": spec.model, "options": spec.options}
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // spec.batch_size, 64)))
-    ds = ds.map_batches(
-        GenerateUDF,
-        fn_constructor_kwargs={"spec": spec_d, "params": sampling.params().to_dict()},
-        batch_size=spec.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=spec.replicas),
-        num_cpus=spec.num_cpus,
-        num_gpus=spec.num_gpus,
-        resources=spec.resources or None,
-        batch_format="numpy",
-        runtime_env={"env_vars": ENGINE_ACTOR_ENV},
-    )
-    out: list[dict] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        got = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
-               for i in range(len(batch["id"]))]
-        for g in got:
-            g["error"] = g["error"] or None
-        out.extend(got)
-        if on_batch:
-            on_batch(got)
-    return out
-
-
-def tokens_by_tier(generated: list[dict], tier: str) -> dict:
-    return {tier: {"requests": len(generated), "prompt_tokens": sum(g["prompt_tokens"] for g in generated),
-                   "output_tokens": sum(g["output_tokens"] for g in generated)}}
-
-
-def nodes_of(generated: list[dict]) -> list[str]:
-    return sorted({g["node_id"] for g in generated if g.get("node_id")})
-
-
-class Run:
-    """One run directory and the job's config: runs a stage unless its manifest says it is done."""
-
-    def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-        self.dir = cfg.run_dir()
-        self.adapter = get_adapter(cfg.task.adapter)
-        self.digests: list[str] = []
-
-    def stage(self, name: str, sections: tuple[str, ...], compute, salt: str = "") -> StageDir:
-        """Run ``compute(sd) -> (rows, manifest_extra)`` measured, unless the stage's manifest says it is done.
-
-        ``rows`` is written as part 0 unless ``compute`` wrote its own parts (then it returns ``None`` and
-        puts ``rows`` in the extra). ``salt`` joins the digest (e.g. the content hash of an input file).
-        Returns the stage folder.
-        """
-        sd = StageDir.named(self.dir, name)
-        upstream = self.digests[-1] if self.digests else ""
-        key = self.cfg.digest(*sections, "seed", "method") + upstream + salt
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        self.digests.append(digest)
-        if sd.finished(digest):
-            print(f"[{name}] done already; reading {sd.path}")
-            return sd
-        sd.claim(digest)
-        print(f"[{name}] running")
-        cc = self.cfg.carbon
-        with carbon.measure(name, cc.country_iso_code, str(self.dir / ".carbon"), cc.enabled) as energy:
-            rows, extra = compute(sd)
-        if rows is not None:
-            sd.write_part(0, rows)
-            extra = {"rows": len(rows), "errors": sum(1 for r in rows if r.get("error")), **extra}
-        sd.write_manifest({"stage": name, "digest": digest, "seed": self.cfg.seed, "method": self.cfg.method,
-                           "energy": energy, "finished_at": time.time(), **extra})
-        print(f"[{name}] {extra.get('rows')} rows, {extra.get('errors', 0)} errors, {energy['duration_s']:.1f}s")
-        return sd
-
-
-def check_endpoints(cfg: JobConfig) -> None:
-    """Fail fast, with one line, when a tier's OpenAI-compatible endpoint cannot be reached."""
-    from psi_ray.backends import load_backend
-
-    for spec in {cfg.large.model_dump_json(): cfg.large, cfg.generator.model_dump_json(): cfg.generator}.values():
-        if spec.backend == "openai":
-            load_backend("openai", spec.model, **spec.options).check()
 
 
 def run(cfg: JobConfig) -> Path:

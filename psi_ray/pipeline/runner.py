@@ -1,0 +1,49 @@
+"""The stage runner: one run directory and the job's config; a stage runs, measured, unless it is done."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from psi_ray import carbon
+from psi_ray.config import JobConfig
+from psi_ray.rundir import StageDir
+from psi_ray.tasks import get_adapter
+
+
+class Run:
+    """One run directory and the job's config: runs a stage unless its manifest says it is done."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.dir = cfg.run_dir()
+        self.adapter = get_adapter(cfg.task.adapter)
+        self.digests: list[str] = []
+
+    def stage(self, name: str, sections: tuple[str, ...], compute, salt: str = "") -> StageDir:
+        """Run ``compute(sd) -> (rows, manifest_extra)`` measured, unless the stage's manifest says it is done.
+
+        ``rows`` is written as part 0 unless ``compute`` wrote its own parts (then it returns ``None`` and
+        puts ``rows`` in the extra). ``salt`` joins the digest (e.g. the content hash of an input file).
+        Returns the stage folder.
+        """
+        sd = StageDir.named(self.dir, name)
+        upstream = self.digests[-1] if self.digests else ""
+        key = self.cfg.digest(*sections, "seed", "method") + upstream + salt
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.digests.append(digest)
+        if sd.finished(digest):
+            print(f"[{name}] done already; reading {sd.path}")
+            return sd
+        sd.claim(digest)
+        print(f"[{name}] running")
+        cc = self.cfg.carbon
+        with carbon.measure(name, cc.country_iso_code, str(self.dir / ".carbon"), cc.enabled) as energy:
+            rows, extra = compute(sd)
+        if rows is not None:
+            sd.write_part(0, rows)
+            extra = {"rows": len(rows), "errors": sum(1 for r in rows if r.get("error")), **extra}
+        sd.write_manifest({"stage": name, "digest": digest, "seed": self.cfg.seed, "method": self.cfg.method,
+                           "energy": energy, "finished_at": time.time(), **extra})
+        print(f"[{name}] {extra.get('rows')} rows, {extra.get('errors', 0)} errors, {energy['duration_s']:.1f}s")
+        return sd
