@@ -20,7 +20,8 @@ from types import SimpleNamespace
 import pytest
 from ray import __version__ as ray_version
 
-from psi_ray import cli, cli_cluster
+from psi_ray import cli
+from psi_ray.cli import cluster as cli_cluster
 from psi_ray.errors import PsiRayError
 from tests.conftest import ROOT, run_cli
 from tests.unit.test_cli_errors import assert_clean_error

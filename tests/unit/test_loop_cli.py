@@ -92,7 +92,7 @@ def test_train_flags_come_from_train_spec():
     """Every TrainSpec field the train verb takes is a flag whose help shows the field's own default."""
     import argparse
 
-    from psi_ray.cli_loop import TRAIN_FLAGS, add_spec_flags
+    from psi_ray.cli.loop import TRAIN_FLAGS, add_spec_flags
     from psi_ray.config import TrainSpec
 
     parser = argparse.ArgumentParser()

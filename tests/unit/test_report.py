@@ -216,7 +216,7 @@ def test_html_is_self_contained(runs):
 
 
 def test_report_modules_do_not_import_matplotlib():
-    code = ("import sys, psi_ray, psi_ray.cli, psi_ray.cli_pipeline, psi_ray.cli_report, psi_ray.report, "
+    code = ("import sys, psi_ray, psi_ray.cli, psi_ray.cli.pipeline, psi_ray.cli.report, psi_ray.report, "
             "psi_ray.report.collect, psi_ray.report.render; psi_ray.cli.build_parser(); "
             "sys.exit(1 if 'matplotlib' in sys.modules else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

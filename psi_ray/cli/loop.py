@@ -152,5 +152,3 @@ def register(sub) -> None:
                    help="requests in flight; the server batches them into one generate call (default 64)")
     p.set_defaults(func=cmd_eval)
 
-
-REGISTER = [register]

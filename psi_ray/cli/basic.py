@@ -1,14 +1,8 @@
-"""The ``psi-ray`` command line: one verb per job a user does.
-
-Every user-facing failure is a :class:`~psi_ray.errors.PsiRayError`, printed as one line (``psi-ray: error:
-...``) with exit status 2; nothing else is caught, so a real bug still shows its traceback.
-"""
+"""CLI verbs for trying things by hand: ``models``, ``generate``, ``validate``."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 
 from psi_ray.errors import PsiRayError
@@ -83,17 +77,7 @@ def cmd_validate(args) -> int:
     return 2 if bad else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from psi_ray import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="psi-ray",
-        description="PSI on Ray: a large model writes task principles from a few seeds, a small model writes "
-        "the dataset guided by them; then train, serve and score a target model.",
-    )
-    parser.add_argument("--version", action="version", version=f"psi-ray {__version__}")
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
+def register(sub) -> None:
     p = sub.add_parser("models", help="list the built-in models", description=cmd_models.__doc__)
     p.set_defaults(func=cmd_models)
 
@@ -118,37 +102,3 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate job YAML files", description=cmd_validate.__doc__)
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_validate)
-
-    for register in _extra_verbs():
-        register(sub)
-    return parser
-
-
-def _extra_verbs():
-    """Verbs defined beside the stages they drive (kept out of this file to keep it short)."""
-    from psi_ray import cli_pipeline
-
-    return cli_pipeline.REGISTER
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except PsiRayError as exc:
-        print(f"psi-ray: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad argument values caught by SamplingParams and friends
-        print(f"psi-ray: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("psi-ray: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

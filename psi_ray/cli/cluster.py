@@ -197,7 +197,7 @@ def plan_job(args) -> tuple[str, dict, str]:
     env = {"RAY_OVERRIDE_JOB_RUNTIME_ENV": "1", **parse_env(args.env)}
     runtime_env: dict = {"working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env}
     if not args.installed:
-        runtime_env["py_modules"] = [str(Path(__file__).resolve().parent)]
+        runtime_env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
     return shlex.join(cmd), runtime_env, str(Path(runs_dir) / cfg.resolved_run_id)
 
 
@@ -300,5 +300,3 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate and print what would be submitted")
     p.set_defaults(func=cmd_submit)
 
-
-REGISTER = [register]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from psi_ray import cli_cluster, cli_loop, cli_report
 from psi_ray.errors import PsiRayError
 
 
@@ -98,5 +97,3 @@ def register(sub) -> None:
     p.add_argument("--seeds", default=None, help="seed file (default: the adapter's built-in seeds)")
     p.set_defaults(func=cmd_show_prompt)
 
-
-REGISTER = [register, *cli_loop.REGISTER, *cli_report.REGISTER, *cli_cluster.REGISTER]

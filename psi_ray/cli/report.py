@@ -18,7 +18,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def register_report(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("report", help="write a run's HTML report and Markdown summary",
                        description=cmd_report.__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/gsm8k-cpu-psi")
@@ -26,5 +26,3 @@ def register_report(sub) -> None:
                    help="other run folders to compare with (a teacher run gives per-1K ratios)")
     p.set_defaults(func=cmd_report)
 
-
-REGISTER = [register_report]
