@@ -139,7 +139,10 @@ def test_killed_ddp_training_resumes_to_the_uninterrupted_result(ddp_lora_full, 
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not list(out.glob("ray/train/checkpoint_*/state.json")):
+        # Kill once Ray Train has *registered* a checkpoint (its snapshot file), not when a checkpoint folder first
+        # appears: a folder written but not yet registered is not resumed from (a loaded CI run hit that window).
+        snapshot = out / "ray" / "train" / "checkpoint_manager_snapshot.json"
+        while time.time() < deadline and proc.poll() is None and not snapshot.exists():
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
