@@ -1,7 +1,5 @@
 """Resume: SIGKILL a run during instance generation, re-run it: no duplicate or missing ids, and the
-finished stages are not recomputed (their manifests unchanged). The job closes the loop as ``make run`` does
-(train and eval enabled, here on a tiny M_t), so the resumed ``psi-ray run`` also trains, serves and scores, and
-its report shows the scores."""
+finished stages are not recomputed (their manifests unchanged)."""
 
 import json
 import os
@@ -25,11 +23,9 @@ generator: {{model: smollm2-135m, backend: hf, batch_size: 4, options: {{batch_s
 instances:
   count: 16
   examples_per_prompt: 1
-  sampling: {{temperature: 0.7, max_tokens: 128}}
+  sampling: {{temperature: 0.7, max_tokens: 40}}
 shard_size: 4
 carbon: {{enabled: false}}
-train: {{enabled: true, model: {tiny}, epochs: 1, batch_size: 1, num_workers: 1, lr: 1e-3}}
-eval: {{enabled: true, tasks: [gsm8k], limit: 2, max_gen_tokens: 8, concurrency: 2}}
 """
 
 
@@ -38,9 +34,9 @@ def start(job, log):
                             cwd=ROOT, start_new_session=True)
 
 
-def test_kill_and_resume(tmp_path, tiny_model):
+def test_kill_and_resume(tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(seeds=ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl", tiny=tiny_model))
+    job.write_text(JOB.format(seeds=ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl"))
     stage = tmp_path / "runs" / "resume-student" / "05_instances"
     with open(tmp_path / "first.log", "w") as log:
         proc = start(job, log)
@@ -68,14 +64,3 @@ def test_kill_and_resume(tmp_path, tiny_model):
     assert sorted(ids) == [f"inst-{i:07d}" for i in range(16)]
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["resumed_shards"] == len(parts_before) and manifest["rows"] == 16
-
-    # The closing stages ran after the resumed data stages, on the kept rows, and the report reads their scores.
-    run = tmp_path / "runs" / "resume-student"
-    kept = json.loads((run / "07_dataset" / "manifest.json").read_text())["valid"]
-    trained = json.loads((run / "08_train" / "manifest.json").read_text())
-    assert kept >= 1 and trained["rows"] == kept and trained["steps"] == kept  # batch 1, one worker, one epoch
-    assert (run / "08_train" / "model" / "config.json").exists()
-    scores = json.loads((run / "09_eval" / "scores.json").read_text())
-    assert scores["limit"] == 2 and set(scores["models"]) == {"base", "finetuned"}
-    assert all(set(v) == {"base", "finetuned"} for v in scores["tasks"].values())
-    assert "## Evaluation scores" in (run / "report.md").read_text()
