@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from psi_ray.errors import PsiRayError
+
 Message = dict[str, str]
 Prompt = str | list[Message]
 
@@ -132,8 +134,6 @@ def check_key_transport(url: str, key: str | None, key_env: str | None, allow_in
     """Refuse (``PsiRayError``) to send ``key`` (read from ``$key_env``) to ``url`` over plain http to another
     host, unless ``allow_insecure`` (the user's explicit ``switch``) says so."""
     if key and sends_in_clear(url) and not allow_insecure:
-        from psi_ray.errors import PsiRayError
-
         host = urlsplit(url if "://" in url else f"http://{url}").hostname
         raise PsiRayError(
             f"refusing to send the API key from ${key_env} over plain http to {host} ({url}), where anyone on "
