@@ -9,7 +9,7 @@ JOB ?= jobs/gsm8k_cpu.yaml
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install system-deps run test test-gpu bench lint clean
+.PHONY: install engine-libs system-deps run test test-gpu bench lint clean
 
 install: $(VENV)/.installed-$(EXTRA)
 
@@ -24,7 +24,14 @@ $(VENV)/.installed-$(EXTRA): pyproject.toml
 	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 	touch $@
 
-run: install
+# tcmalloc for the CPU engine actors (psi_ray/runtime.py preloads it with Intel OpenMP; bench/preload.py measures it).
+engine-libs:
+	@[ "$(EXTRA)" = gpu ] || ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal.so.4 || { command -v apt-get >/dev/null 2>&1 && \
+		[ "$$(id -u)" = 0 ] && { apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; }; } || \
+		echo "note: libtcmalloc-minimal4 not installed; CPU engines start without it"; }
+
+run: install engine-libs
 	$(BIN)/psi-ray run $(JOB)
 
 # Debian's Chromium renders report.html in the browser test (skipped where it cannot be installed).
@@ -33,14 +40,15 @@ system-deps:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "note: chromium not installed; the report browser test will skip"; }
 
-test: install system-deps
+test: install engine-libs system-deps
 	$(BIN)/python -m pytest -q -m "not gpu" tests/unit tests/integration
 
 test-gpu: install
 	$(BIN)/python -m pytest -q tests/gpu
 
-bench: install
+bench: install engine-libs
 	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/preload.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/serve_load.py

@@ -2,8 +2,8 @@
 
 Both paths get the same instance prompts (the job's plan: principles, examples, samples per prompt) and the
 same sampling settings. The raw path calls ``vllm.LLM.generate`` on all prompts at once in this process; the
-pipeline path sends them through ``map_batches`` into a ``GenerateUDF`` actor exactly as ``psi-ray run``
-does. Output tokens/s exclude engine start-up on both sides (the actor reports when its engine was ready).
+pipeline path sends them through Ray Data ``map_batches`` into an engine actor of an ``EnginePool`` exactly as
+``psi-ray run`` does. Output tokens/s exclude engine start-up on both sides (the pool is started first).
 Run: ``python bench/pipeline.py [--instances 128] [--job jobs/gsm8k_cpu.yaml]``.
 """
 
@@ -44,10 +44,12 @@ def ray_pipeline(cfg, rows) -> dict:
     from psi_ray import pipeline
 
     pipeline.init_ray()
-    t0 = time.time()
-    got = pipeline.generate(rows, cfg.generator, cfg.instances.sampling)
-    end = time.time()
-    ready = min(g["engine_ready_at"] for g in got)
+    with pipeline.engine_pool() as pool:
+        t0 = time.time()
+        pool.actors_for(cfg.generator)
+        ready = time.time()
+        got = pipeline.generate(rows, cfg.generator, cfg.instances.sampling, pool)
+        end = time.time()
     tokens = sum(g["output_tokens"] for g in got)
     return {"path": "Ray Data pipeline", "output_tokens": tokens, "seconds": round(end - ready, 1),
             "tokens_per_s": round(tokens / (end - ready), 1), "with_engine_start_s": round(end - t0, 1)}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
+from pathlib import Path
 
 # Env vars of the driver that every Ray worker also needs (model cache, offline switches, vLLM's CPU binding).
 WORKER_ENV = ("PSI_RAY_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM",
@@ -21,6 +23,28 @@ WORKER_ENV = ("PSI_RAY_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_LOG
 # the engine left and says so in a UserWarning ("leaked shared_memory objects"), which is silenced here too.
 ENGINE_ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "0",
                     "PYTHONWARNINGS": "ignore::UserWarning:multiprocessing.resource_tracker"}
+
+# The allocator and OpenMP runtime vLLM's CPU guide asks to preload (its CPU worker warns on every start when
+# they are missing): tcmalloc from the OS package libtcmalloc-minimal4 (`make install-engine-libs`), Intel
+# OpenMP from the intel-openmp wheel in this environment. Set PSI_RAY_PRELOAD=0 to start engines without them.
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+            "/usr/lib64/libtcmalloc_minimal.so.4")
+
+
+def engine_preload() -> list[str]:
+    """The libraries a CPU engine process should preload, those that exist here (empty on a GPU machine)."""
+    if os.environ.get("PSI_RAY_PRELOAD", "1") == "0" or cuda_available():
+        return []
+    found = [next((p for p in TCMALLOC if Path(p).exists()), None)]
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+    found.append(str(iomp) if iomp.exists() else None)
+    return [p for p in found if p]
+
+
+def engine_actor_env() -> dict[str, str]:
+    """The env an engine actor starts with: quiet shutdown, and the CPU engine libraries preloaded."""
+    preload = [*engine_preload(), *filter(None, os.environ.get("LD_PRELOAD", "").split(":"))]
+    return {**ENGINE_ACTOR_ENV, **({"LD_PRELOAD": ":".join(dict.fromkeys(preload))} if preload else {})}
 
 
 def init_ray(address: str | None = None) -> None:

@@ -1,35 +1,51 @@
-"""Engine actors: prompts stream through Ray Data ``map_batches`` into actors that each hold one backend.
+"""Engine actors, kept alive across the stages that use them, fed by Ray Data.
 
-:func:`generate` places the actors with the tier's Ray resources (an engine lives only for its stage) and
-hands every result batch to ``on_batch`` as it arrives, so instance generation can write shards while the
-rest is still being generated.
+An :class:`EnginePool` starts one set of engine actors per distinct engine (backend, model, options, placement)
+the first time a stage needs it, and releases it after the last stage that does: on the default job, where
+M_L and M_g are the same model, expand, principles, summarize and instances share one engine start. Prompts
+stream through Ray Data ``map_batches`` tasks that hand each batch to an engine actor; two batches per engine
+are in flight, so the engine never waits for the next batch to be sent. :func:`generate` hands every result
+batch to ``on_batch`` as it arrives (instance generation writes shards while the rest is being generated).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
 from psi_ray.config import JobConfig, ModelSpec
-from psi_ray.runtime import ENGINE_ACTOR_ENV
+from psi_ray.errors import PsiRayError, last_line
+from psi_ray.runtime import engine_actor_env
+
+IN_FLIGHT_PER_ENGINE = 2  # one batch generating, one queued behind it
+RESTARTS = 3  # an engine whose node dies is started again (on that node when it returns) this many times
 
 
-class GenerateUDF:
-    """A Ray Data actor holding one engine: prompts in (JSON chat messages), generations out."""
+class EngineActor:
+    """One engine (backend) in its own Ray actor: JSON chat prompts in, generation columns out."""
 
-    def __init__(self, spec: dict, params: dict):
+    def __init__(self, spec: dict):
         import ray
 
-        from psi_ray.backends import SamplingParams, load_backend
+        from psi_ray.backends import load_backend
 
-        self.backend = load_backend(spec["backend"], spec["model"], **spec["options"])
-        self.params = SamplingParams(**params)
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.ready_at = time.time()  # lets benchmarks separate engine start-up from generation
+        self.start_error: str | None = None
+        try:
+            self.backend = load_backend(spec["backend"], spec["model"], **spec["options"])
+        except Exception as exc:  # reported by ready(): a failed start must not become an endless restart
+            self.backend, self.start_error = None, f"{spec['model']} ({spec['backend']}): {last_line(exc)}"
 
-    def __call__(self, batch: dict) -> dict:
-        prompts = [json.loads(p) for p in batch["prompt"]]
-        gens = self.backend.generate(prompts, self.params)
+    def ready(self) -> str | None:
+        """``None`` once the engine is up; the reason it could not start otherwise."""
+        return self.start_error
+
+    def generate(self, batch: dict, params: dict) -> dict:
+        from psi_ray.backends import SamplingParams
+
+        gens = self.backend.generate([json.loads(p) for p in batch["prompt"]], SamplingParams(**params))
+        n = len(gens)
         return {
             "id": list(batch["id"]),
             "raw_output": [g.text for g in gens],
@@ -37,13 +53,96 @@ class GenerateUDF:
             "prompt_tokens": [g.prompt_tokens for g in gens],
             "output_tokens": [g.output_tokens for g in gens],
             "error": [g.error or "" for g in gens],
-            "node_id": [self.node_id] * len(gens),
-            "engine_ready_at": [self.ready_at] * len(gens),
+            "node_id": [self.node_id] * n,
         }
 
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close:
+            close()
 
-def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list[dict]:
-    """Run ``rows`` (``id``, ``prompt``) through engine actors of tier ``spec``; return one dict per row.
+
+def engine_key(spec: ModelSpec) -> str:
+    """What makes two tiers share an engine: everything but the batch size, which is the caller's."""
+    return spec.model_dump_json(exclude={"batch_size"})
+
+
+class EnginePool:
+    """Engine actors per distinct engine, started on first use and released by :meth:`release_except`.
+
+    ``start_s`` adds up the seconds spent starting engines, so a stage's manifest can tell engine start-up
+    from generation.
+    """
+
+    def __init__(self):
+        self.actors: dict[str, list] = {}
+        self.start_s = 0.0
+
+    def actors_for(self, spec: ModelSpec) -> list:
+        key = engine_key(spec)
+        if key not in self.actors:
+            self.actors[key] = self._start(spec)
+        return self.actors[key]
+
+    def _start(self, spec: ModelSpec) -> list:
+        import ray
+
+        t0 = time.time()
+        cls = ray.remote(EngineActor).options(
+            num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=spec.resources or None,
+            max_restarts=RESTARTS, max_task_retries=RESTARTS, runtime_env={"env_vars": engine_actor_env()})
+        as_dict = {"backend": spec.backend, "model": spec.model, "options": spec.options}
+        actors = [cls.remote(as_dict) for _ in range(spec.replicas)]
+        try:
+            errors = [e for e in ray.get([a.ready.remote() for a in actors]) if e]
+        except ray.exceptions.RayError as exc:
+            errors = [last_line(exc)]
+        if errors:
+            self._kill(actors)
+            raise PsiRayError(f"the engine could not start: {errors[0]}")
+        self.start_s += time.time() - t0
+        return actors
+
+    def release_except(self, keep: list[ModelSpec]) -> None:
+        """Stop every engine that none of ``keep`` uses (their CPUs, GPUs and memory go back to Ray)."""
+        wanted = {engine_key(s) for s in keep}
+        for key in [k for k in self.actors if k not in wanted]:
+            self._kill(self.actors.pop(key))
+
+    def close(self) -> None:
+        self.release_except([])
+
+    @staticmethod
+    def _kill(actors: list) -> None:
+        import ray
+
+        for a in actors:
+            with contextlib.suppress(Exception):
+                ray.get(a.close.remote(), timeout=60)  # vLLM's engine process exits cleanly
+            ray.kill(a)
+
+
+@contextlib.contextmanager
+def engine_pool():
+    """An :class:`EnginePool` whose engines are stopped on the way out, whatever happens."""
+    pool = EnginePool()
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def _send_to_engine(batch: dict, actors: list, params: dict) -> dict:
+    """A Ray Data task: hand one batch to an engine actor (chosen by the batch's first sequence number, so
+    consecutive batches go round the engines) and wait for its generations."""
+    import ray
+
+    actor = actors[int(batch["seq"][0]) % len(actors)]
+    return ray.get(actor.generate.remote({"id": batch["id"], "prompt": batch["prompt"]}, params))
+
+
+def generate(rows: list[dict], spec: ModelSpec, sampling, pool: EnginePool, on_batch=None) -> list[dict]:
+    """Run ``rows`` (``id``, ``prompt``) through ``pool``'s engines for tier ``spec``; one dict per row back.
 
     ``on_batch`` sees each result batch as it arrives (instance generation writes shards from it).
     """
@@ -51,19 +150,18 @@ def generate(rows: list[dict], spec: ModelSpec, sampling, on_batch=None) -> list
 
     if not rows:
         return []
-    items = [{"id": r["id"], "prompt": json.dumps(r["prompt"])} for r in rows]
-    spec_d = {"backend": spec.backend, "model": spec.model, "options": spec.options}
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // spec.batch_size, 64)))
+    actors = pool.actors_for(spec)
+    b = spec.batch_size
+    items = [{"seq": i // b, "id": r["id"], "prompt": json.dumps(r["prompt"])} for i, r in enumerate(rows)]
+    blocks = -(-len(items) // b)  # a block a batch, so batches are separate tasks that can be in flight together
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
-        GenerateUDF,
-        fn_constructor_kwargs={"spec": spec_d, "params": sampling.params().to_dict()},
-        batch_size=spec.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=spec.replicas),
-        num_cpus=spec.num_cpus,
-        num_gpus=spec.num_gpus,
-        resources=spec.resources or None,
+        _send_to_engine,
+        fn_kwargs={"actors": actors, "params": sampling.params().to_dict()},
+        batch_size=b,
+        compute=ray.data.TaskPoolStrategy(size=min(blocks, IN_FLIGHT_PER_ENGINE * len(actors))),
+        num_cpus=0,  # the task only waits; the engine actor holds the tier's CPUs and GPUs
         batch_format="numpy",
-        runtime_env={"env_vars": ENGINE_ACTOR_ENV},
     )
     out: list[dict] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from psi_ray.config import JobConfig
+from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
 from psi_ray.pipeline import closing
@@ -42,7 +42,7 @@ def run(cfg: JobConfig) -> Path:
         from psi_ray.train.run import check_resources
 
         check_resources(cfg.train)
-    r = Run(cfg)
+    r = Run(cfg, engine_uses(cfg))
     try:
         r.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # runs_dir under a file, read-only, ...
@@ -50,8 +50,22 @@ def run(cfg: JobConfig) -> Path:
     with locked(r.dir):
         atomic_write_text(r.dir / "config.json", cfg.redacted_json(indent=2))  # secrets in options never hit disk
         init_ray()
-        _stages(r, seed_rows)
+        try:
+            _stages(r, seed_rows)
+        finally:
+            r.engines.close()
     return r.dir
+
+
+def engine_uses(cfg: JobConfig) -> list[tuple[str, ModelSpec]]:
+    """Which stage generates with which tier, in pipeline order (stages that run no model are absent)."""
+    uses = []
+    if cfg.method == "psi" and cfg.principles.source != "file":
+        uses += [("expand", cfg.generator), ("principles", cfg.large), ("summarize", cfg.large)]
+    uses.append(("instances", cfg.large if cfg.method == "teacher" else cfg.generator))
+    if cfg.verify.enabled:
+        uses.append(("verify", cfg.large if cfg.verify.tier == "large" else cfg.generator))
+    return uses
 
 
 def seeds_stage(r: Run, seed_rows: list[dict]) -> StageDir:
@@ -94,7 +108,7 @@ def _stages(r: Run, seed_rows: list[dict]) -> None:
 def _expand(r: Run, seed_rows):
     cfg = r.cfg
     plan = expand.build_prompts(seed_rows, r.adapter, cfg.expand.variants_per_seed)
-    got = generate(plan, cfg.generator, cfg.expand.sampling)
+    got = generate(plan, cfg.generator, cfg.expand.sampling, r.engines)
     variants = expand.parse_outputs(plan, got, r.adapter)
     return expand.d_initial(seed_rows, variants), {"tokens": tokens_by_tier(got, "generator"),
                                                    "nodes": {"generator": nodes_of(got)},
@@ -104,7 +118,7 @@ def _expand(r: Run, seed_rows):
 def _principles(r: Run, pool):
     cfg = r.cfg
     plan = principles.build_prompts(pool, r.adapter, cfg.principles.subsets, cfg.principles.subset_size, cfg.seed)
-    got = generate(plan, cfg.large, cfg.principles.sampling)
+    got = generate(plan, cfg.large, cfg.principles.sampling, r.engines)
     rows = principles.parse_outputs(plan, got)
     subsets = {p["id"]: p["example_ids"] for p in plan}
     return rows, {"tokens": tokens_by_tier(got, "large"), "nodes": {"large": nodes_of(got)}, "subsets": subsets,
@@ -134,7 +148,7 @@ def _cluster(r: Run, low):
 
 def _summarize(r: Run, clustered):
     plan = summarize.build_prompts(clustered, r.adapter)
-    got = generate(plan, r.cfg.large, r.cfg.summarize.sampling)
+    got = generate(plan, r.cfg.large, r.cfg.summarize.sampling, r.engines)
     rows = summarize.parse_outputs(plan, got)
     rejected: dict[str, int] = defaultdict(int)
     for x in rows:
@@ -170,7 +184,7 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
                 rows = instances.parse_outputs(by_shard[s], pending.pop(s), r.adapter, spec.model)
                 sd.write_part(s, rows)
 
-    got = generate(todo, spec, cfg.instances.sampling, on_batch=write_ready)
+    got = generate(todo, spec, cfg.instances.sampling, r.engines, on_batch=write_ready)
     ids = sd.read_column("id")
     errors = sum(1 for e in sd.read_column("error") if e)
     extra = {"rows": len(ids), "unique_ids": len(set(ids)), "errors": errors, "tokens": tokens_by_tier(got, tier),
@@ -205,7 +219,7 @@ def verify_stage(r: Run, sd: StageDir, made: StageDir):
             sd.write_part(part, verify.parse_outputs(rows_of[part], [], r.adapter, vc.min_agreement))
     todo = [p for plan in plans.values() for p in plan]
     t0 = time.time()
-    got = generate(todo, spec, vc.sampling, on_batch=write_ready)
+    got = generate(todo, spec, vc.sampling, r.engines, on_batch=write_ready)
     flags = sd.read_column("verified")
     return None, {"rows": len(flags), "checked": sum(f is not None for f in flags),
                   "verified": sum(f is True for f in flags), "disagreed": sum(f is False for f in flags),

@@ -6,19 +6,27 @@ import hashlib
 import time
 
 from psi_ray import carbon
-from psi_ray.config import JobConfig
+from psi_ray.config import JobConfig, ModelSpec
+from psi_ray.pipeline.engines import EnginePool
 from psi_ray.rundir import StageDir
 from psi_ray.tasks import get_adapter
 
 
 class Run:
-    """One run directory and the job's config: runs a stage unless its manifest says it is done."""
+    """One run directory and the job's config: runs a stage unless its manifest says it is done.
 
-    def __init__(self, cfg: JobConfig):
+    ``engine_uses`` lists, in pipeline order, which stage uses which model tier; after each stage the
+    engines that no later stage uses are stopped, so one engine serves every stage that shares it and none
+    outlives its last stage (training gets the CPUs and GPUs back).
+    """
+
+    def __init__(self, cfg: JobConfig, engine_uses: list[tuple[str, ModelSpec]] | None = None):
         self.cfg = cfg
         self.dir = cfg.run_dir()
         self.adapter = get_adapter(cfg.task.adapter)
         self.digests: list[str] = []
+        self.engines = EnginePool()
+        self.engine_uses = list(engine_uses or [])
 
     def stage(self, name: str, sections: tuple[str, ...], compute, salt: str = "") -> StageDir:
         """Run ``compute(sd) -> (rows, manifest_extra)`` measured, unless the stage's manifest says it is done.
@@ -34,12 +42,17 @@ class Run:
         self.digests.append(digest)
         if sd.finished(digest):
             print(f"[{name}] done already; reading {sd.path}")
+            self._release_engines_after(name)
             return sd
         sd.claim(digest)
         print(f"[{name}] running")
         cc = self.cfg.carbon
+        started = self.engines.start_s
         with carbon.measure(name, cc.country_iso_code, str(self.dir / ".carbon"), cc.enabled) as energy:
             rows, extra = compute(sd)
+        if self.engines.start_s > started:  # this stage started an engine: say how long that took
+            extra = {**extra, "engine_start_s": round(self.engines.start_s - started, 1)}
+        self._release_engines_after(name)
         if rows is not None:
             sd.write_part(0, rows)
             extra = {"rows": len(rows), "errors": sum(1 for r in rows if r.get("error")), **extra}
@@ -47,3 +60,7 @@ class Run:
                            "energy": energy, "finished_at": time.time(), **extra})
         print(f"[{name}] {extra.get('rows')} rows, {extra.get('errors', 0)} errors, {energy['duration_s']:.1f}s")
         return sd
+
+    def _release_engines_after(self, name: str) -> None:
+        self.engine_uses = [(stage, spec) for stage, spec in self.engine_uses if stage != name]
+        self.engines.release_except([spec for _, spec in self.engine_uses])

@@ -18,7 +18,7 @@ large: {{model: smollm2-135m, backend: hf, options: {{batch_size: 8}}}}
 generator: {{model: smollm2-135m, backend: hf, options: {{batch_size: 8}}}}
 expand: {{variants_per_seed: 1, sampling: {{max_tokens: 48}}}}
 principles: {{subsets: 2, subset_size: 3, sampling: {{max_tokens: 64}}}}
-cluster: {{num_clusters: 2}}
+cluster: {{num_clusters: 1}}  # one valid principle is all a 135M model reliably writes
 summarize: {{sampling: {{max_tokens: 40}}}}
 instances: {{count: 8, samples_per_prompt: 2, sampling: {{max_tokens: 64}}}}
 shard_size: 4
@@ -51,7 +51,8 @@ def test_small_psi_run(tmp_path, adapter, seeds):
     data = pq.read_table(run / "07_dataset" / "data.parquet")  # may hold 0 rows: the 135M model is weak
     assert data.schema.names[:2] == ["id", "messages"]
     assert data.num_rows == json.loads((run / "07_dataset" / "manifest.json").read_text())["valid"]
-    assert (run / "07_dataset" / "README.md").read_text().count("H0") >= 2  # the card lists the principles
+    card = (run / "07_dataset" / "README.md").read_text()
+    assert high and all(f"**{h}**" in card for h in high)  # the card lists every high-level principle
     tree = run_cli("principles", str(run))
     assert tree.returncode == 0 and "H00" in tree.stdout
 
