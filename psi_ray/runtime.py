@@ -42,8 +42,16 @@ def engine_preload() -> list[str]:
 
 
 def engine_actor_env() -> dict[str, str]:
-    """The env an engine actor starts with: quiet shutdown, and the CPU engine libraries preloaded."""
-    preload = [*engine_preload(), *filter(None, os.environ.get("LD_PRELOAD", "").split(":"))]
+    """The env an engine actor starts with: quiet shutdown, and the CPU engine libraries preloaded.
+
+    A library of a kind the user's own ``LD_PRELOAD`` already has is not added: vLLM refuses two OpenMP
+    runtimes (and itself adds PyTorch's libgomp to a process's ``LD_PRELOAD`` when it finds none).
+    """
+    own = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p]
+    kinds = {"libtcmalloc": ("libtcmalloc",), "libiomp": ("libiomp", "libomp", "libgomp")}
+    add = [lib for lib in engine_preload()
+           if not any(k in lib and any(m in p for m in kinds[k] for p in own) for k in kinds)]
+    preload = [*add, *own]
     return {**ENGINE_ACTOR_ENV, **({"LD_PRELOAD": ":".join(dict.fromkeys(preload))} if preload else {})}
 
 

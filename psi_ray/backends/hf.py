@@ -7,6 +7,8 @@ vLLM backend is checked against (same greedy tokens). Options: ``batch_size`` (d
 
 from __future__ import annotations
 
+import os
+
 from psi_ray.backends.base import Generation, Prompt, SamplingParams, cut_at_stop, flatten_n, render_prompt
 from psi_ray.errors import require
 from psi_ray.runtime import default_device
@@ -24,9 +26,9 @@ class HFBackend:
         self.model = model
         self.path = resolve_model(model)
         self.batch_size = batch_size
-        if threads:
-            torch.set_num_threads(threads)
         self.device = device or default_device()
+        if threads or self.device == "cpu":  # Ray sets OMP_NUM_THREADS=1 in an actor with a CPU share below 1
+            torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
         self.tokenizer.padding_side = "left"

@@ -4,8 +4,9 @@ An :class:`EnginePool` starts one set of engine actors per distinct engine (back
 the first time a stage needs it, and releases it after the last stage that does: on the default job, where
 M_L and M_g are the same model, expand, principles, summarize and instances share one engine start. Prompts
 stream through Ray Data ``map_batches`` tasks that hand each batch to an engine actor; two batches per engine
-are in flight, so the engine never waits for the next batch to be sent. :func:`generate` hands every result
-batch to ``on_batch`` as it arrives (instance generation writes shards while the rest is being generated).
+are in flight, so the engine never waits for the next batch to be sent. :func:`stream` yields result batches as
+they arrive: instance generation writes shards while the rest is being generated and keeps only a
+:class:`Tally` of what it has seen.
 """
 
 from __future__ import annotations
@@ -141,15 +142,13 @@ def _send_to_engine(batch: dict, actors: list, params: dict) -> dict:
     return ray.get(actor.generate.remote({"id": batch["id"], "prompt": batch["prompt"]}, params))
 
 
-def generate(rows: list[dict], spec: ModelSpec, sampling, pool: EnginePool, on_batch=None) -> list[dict]:
-    """Run ``rows`` (``id``, ``prompt``) through ``pool``'s engines for tier ``spec``; one dict per row back.
-
-    ``on_batch`` sees each result batch as it arrives (instance generation writes shards from it).
-    """
+def stream(rows: list[dict], spec: ModelSpec, sampling, pool: EnginePool):
+    """Run ``rows`` (``id``, ``prompt``) through ``pool``'s engines for tier ``spec``; yield result batches (lists
+    of dicts, one per row) as they arrive, so a stage can write its shards without holding every generation."""
     import ray
 
     if not rows:
-        return []
+        return
     actors = pool.actors_for(spec)
     b = spec.batch_size
     items = [{"seq": i // b, "id": r["id"], "prompt": json.dumps(r["prompt"])} for i, r in enumerate(rows)]
@@ -163,25 +162,43 @@ def generate(rows: list[dict], spec: ModelSpec, sampling, pool: EnginePool, on_b
         num_cpus=0,  # the task only waits; the engine actor holds the tier's CPUs and GPUs
         batch_format="numpy",
     )
-    out: list[dict] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         got = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
                for i in range(len(batch["id"]))]
         for g in got:
             g["error"] = g["error"] or None
-        out.extend(got)
-        if on_batch:
-            on_batch(got)
-    return out
+        yield got
 
 
-def tokens_by_tier(generated: list[dict], tier: str) -> dict:
-    return {tier: {"requests": len(generated), "prompt_tokens": sum(g["prompt_tokens"] for g in generated),
-                   "output_tokens": sum(g["output_tokens"] for g in generated)}}
+def generate(rows: list[dict], spec: ModelSpec, sampling, pool: EnginePool) -> list[dict]:
+    """:func:`stream`, collected: one dict per row."""
+    return [g for batch in stream(rows, spec, sampling, pool) for g in batch]
 
 
-def nodes_of(generated: list[dict]) -> list[str]:
-    return sorted({g["node_id"] for g in generated if g.get("node_id")})
+class Tally:
+    """Requests, tokens and engine nodes of the generations seen, without keeping the generations."""
+
+    def __init__(self, generated: list[dict] = ()):
+        self.requests = self.prompt_tokens = self.output_tokens = 0
+        self.node_ids: set[str] = set()
+        self.add(generated)
+
+    def add(self, batch: list[dict]) -> None:
+        for g in batch:
+            self.requests += 1
+            self.prompt_tokens += g["prompt_tokens"]
+            self.output_tokens += g["output_tokens"]
+            if g.get("node_id"):
+                self.node_ids.add(g["node_id"])
+
+    def tokens(self, tier: str) -> dict:
+        """The manifest's ``tokens`` entry for ``tier``."""
+        return {tier: {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                       "output_tokens": self.output_tokens}}
+
+    def nodes(self, tier: str) -> dict:
+        """The manifest's ``nodes`` entry for ``tier``: the Ray node ids its engines ran on."""
+        return {tier: sorted(self.node_ids)}
 
 
 def check_endpoints(cfg: JobConfig) -> None:

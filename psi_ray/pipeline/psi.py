@@ -17,7 +17,7 @@ from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
 from psi_ray.pipeline import closing
-from psi_ray.pipeline.engines import check_endpoints, generate, nodes_of, tokens_by_tier
+from psi_ray.pipeline.engines import Tally, check_endpoints, generate, stream
 from psi_ray.pipeline.runner import Run
 from psi_ray.rundir import (
     DATASET_CARD,
@@ -110,8 +110,8 @@ def _expand(r: Run, seed_rows):
     plan = expand.build_prompts(seed_rows, r.adapter, cfg.expand.variants_per_seed)
     got = generate(plan, cfg.generator, cfg.expand.sampling, r.engines)
     variants = expand.parse_outputs(plan, got, r.adapter)
-    return expand.d_initial(seed_rows, variants), {"tokens": tokens_by_tier(got, "generator"),
-                                                   "nodes": {"generator": nodes_of(got)},
+    t = Tally(got)
+    return expand.d_initial(seed_rows, variants), {"tokens": t.tokens("generator"), "nodes": t.nodes("generator"),
                                                    "valid_variants": sum(v["valid"] for v in variants)}
 
 
@@ -121,7 +121,8 @@ def _principles(r: Run, pool):
     got = generate(plan, cfg.large, cfg.principles.sampling, r.engines)
     rows = principles.parse_outputs(plan, got)
     subsets = {p["id"]: p["example_ids"] for p in plan}
-    return rows, {"tokens": tokens_by_tier(got, "large"), "nodes": {"large": nodes_of(got)}, "subsets": subsets,
+    t = Tally(got)
+    return rows, {"tokens": t.tokens("large"), "nodes": t.nodes("large"), "subsets": subsets,
                   "kept": sum(1 for x in rows if x["valid"]), "rejected": principles.reject_counts(rows)}
 
 
@@ -154,7 +155,8 @@ def _summarize(r: Run, clustered):
     for x in rows:
         if x.get("reject_reason"):
             rejected[x["reject_reason"]] += 1
-    return rows, {"tokens": tokens_by_tier(got, "large"), "nodes": {"large": nodes_of(got)},
+    t = Tally(got)
+    return rows, {"tokens": t.tokens("large"), "nodes": t.nodes("large"),
                   "summaries_used": sum(1 for x in rows if not x.get("reject_reason")),
                   "rejected": dict(sorted(rejected.items()))}
 
@@ -176,19 +178,19 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
     if done:
         print(f"[instances] resuming: {len(done)} shard(s) done, {len(by_shard)} to generate")
 
-    def write_ready(batch):
+    tally = Tally()
+    for batch in stream(todo, spec, cfg.instances.sampling, r.engines):
+        tally.add(batch)
         for g in batch:
             s = shard_of[g["id"]]
             pending[s].append(g)
             if len(pending[s]) == len(by_shard[s]):
                 rows = instances.parse_outputs(by_shard[s], pending.pop(s), r.adapter, spec.model)
                 sd.write_part(s, rows)
-
-    got = generate(todo, spec, cfg.instances.sampling, r.engines, on_batch=write_ready)
     ids = sd.read_column("id")
     errors = sum(1 for e in sd.read_column("error") if e)
-    extra = {"rows": len(ids), "unique_ids": len(set(ids)), "errors": errors, "tokens": tokens_by_tier(got, tier),
-             "nodes": {tier: nodes_of(got)}, "shards": len(sd.parts()), "resumed_shards": len(done),
+    extra = {"rows": len(ids), "unique_ids": len(set(ids)), "errors": errors, "tokens": tally.tokens(tier),
+             "nodes": tally.nodes(tier), "shards": len(sd.parts()), "resumed_shards": len(done),
              "tier": tier, "generator": spec.model}
     return None, extra
 
@@ -206,25 +208,25 @@ def verify_stage(r: Run, sd: StageDir, made: StageDir):
     pending: dict[int, list[dict]] = defaultdict(list)
     part_of = {p["id"]: part for part, plan in plans.items() for p in plan}
 
-    def write_ready(batch):
+    for part, plan in plans.items():
+        if not plan:
+            sd.write_part(part, verify.parse_outputs(rows_of[part], [], r.adapter, vc.min_agreement))
+    todo = [p for plan in plans.values() for p in plan]
+    t0 = time.time()
+    tally = Tally()
+    for batch in stream(todo, spec, vc.sampling, r.engines):
+        tally.add(batch)
         for g in batch:
             part = part_of[g["id"]]
             pending[part].append(g)
             if len(pending[part]) == len(plans[part]):
                 sd.write_part(part, verify.parse_outputs(rows_of[part], pending.pop(part), r.adapter,
                                                          vc.min_agreement))
-
-    for part, plan in plans.items():
-        if not plan:
-            sd.write_part(part, verify.parse_outputs(rows_of[part], [], r.adapter, vc.min_agreement))
-    todo = [p for plan in plans.values() for p in plan]
-    t0 = time.time()
-    got = generate(todo, spec, vc.sampling, r.engines, on_batch=write_ready)
     flags = sd.read_column("verified")
     return None, {"rows": len(flags), "checked": sum(f is not None for f in flags),
                   "verified": sum(f is True for f in flags), "disagreed": sum(f is False for f in flags),
                   "samples": vc.samples, "tier": vc.tier, "verifier": spec.model, "generate_s": time.time() - t0,
-                  "tokens": tokens_by_tier(got, f"verify ({vc.tier})"), "nodes": {vc.tier: nodes_of(got)}}
+                  "tokens": tally.tokens(f"verify ({vc.tier})"), "nodes": tally.nodes(vc.tier)}
 
 
 def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):

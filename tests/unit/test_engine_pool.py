@@ -136,7 +136,19 @@ def test_preload_can_be_switched_off_and_keeps_the_users_own(monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "/opt/mine.so")
     assert engine_actor_env()["LD_PRELOAD"].split(":")[-1] == "/opt/mine.so"
     assert engine_actor_env()["LD_PRELOAD"].split(":")[:-1] == engine_preload()
+    monkeypatch.setenv("LD_PRELOAD", "/torch/lib/libgomp-a34b3233.so.1")  # vLLM refuses two OpenMP runtimes
+    assert not any("libiomp" in p for p in engine_actor_env()["LD_PRELOAD"].split(":"))
+    monkeypatch.setenv("LD_PRELOAD", "/opt/mine.so")
     monkeypatch.setenv("PSI_RAY_PRELOAD", "0")
     assert engine_preload() == [] and engine_actor_env()["LD_PRELOAD"] == "/opt/mine.so"
     monkeypatch.delenv("LD_PRELOAD")
     assert "LD_PRELOAD" not in engine_actor_env()
+
+
+def test_tally_counts_what_streamed_past():
+    from psi_ray.pipeline import Tally
+
+    t = Tally([{"prompt_tokens": 3, "output_tokens": 5, "node_id": "b"}])
+    t.add([{"prompt_tokens": 1, "output_tokens": 0, "node_id": "a"}, {"prompt_tokens": 2, "output_tokens": 4}])
+    assert t.tokens("generator") == {"generator": {"requests": 3, "prompt_tokens": 6, "output_tokens": 9}}
+    assert t.nodes("generator") == {"generator": ["a", "b"]}
