@@ -25,7 +25,7 @@ ENGINE_ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "0",
                     "PYTHONWARNINGS": "ignore::UserWarning:multiprocessing.resource_tracker"}
 
 # The allocator and OpenMP runtime vLLM's CPU guide asks to preload (its CPU worker warns on every start when
-# they are missing): tcmalloc from the OS package libtcmalloc-minimal4 (`make install-engine-libs`), Intel
+# they are missing): tcmalloc from the OS package libtcmalloc-minimal4 (`make engine-libs`), Intel
 # OpenMP from the intel-openmp wheel in this environment. Set PSI_RAY_PRELOAD=0 to start engines without them.
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
             "/usr/lib64/libtcmalloc_minimal.so.4")
