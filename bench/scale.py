@@ -123,9 +123,9 @@ def run_one(runs_dir: str, n: int) -> dict:
     baseline = memory_kb()["VmRSS"]
     t0 = time.perf_counter()
     kept = StageDir(r.dir, 6, "filter")
-    _, fextra = filter_stage(r, kept, StageDir(r.dir, 5, "instances"), seed_rows)
+    fextra = filter_stage(r, kept, StageDir(r.dir, 5, "instances"), seed_rows).manifest
     kept.write_manifest(fextra)
-    _, dextra = dataset_stage(r, StageDir(r.dir, 7, "dataset"), kept, [])
+    dextra = dataset_stage(r, StageDir(r.dir, 7, "dataset"), kept, []).manifest
     dt = time.perf_counter() - t0
     peak = memory_kb()["VmHWM"]
     return {"rows": n, "seconds": round(dt, 2), "baseline_mb": round(baseline / 1024, 1),

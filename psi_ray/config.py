@@ -333,6 +333,11 @@ def _option_problems(backend: str, options: dict) -> list[str]:
             else:
                 problems.append(f"{key}: {err['msg']}")
         return problems
+    if backend == "vllm":
+        from psi_ray.backends.vllm import refused_engine_kwargs
+
+        return [f"engine_kwargs.{k}: refused (psi-ray runs no code from model repositories and loads the model "
+                "it resolved)" for k in refused_engine_kwargs(options.get("engine_kwargs"))]
     return []
 
 

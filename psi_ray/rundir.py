@@ -96,12 +96,19 @@ class ParquetSink:
             self._tmp.unlink(missing_ok=True)
 
 
-STAMP = "_config_digest"  # "_" first: Arrow dataset readers skip it
-MANIFEST = "manifest.json"
+# In a stage folder the table is the ``*.parquet`` files; everything else starts with "_", which pandas,
+# pyarrow.dataset and Spark skip, so ``pd.read_parquet("runs/X/05_instances")`` reads the stage's rows.
+STAMP = "_config_digest"
+MANIFEST = "_manifest.json"
+LEGACY_MANIFEST = "manifest.json"  # run directories written before the "_" names
 DATASET_FILE = "data.parquet"  # in the dataset stage's folder
-DATASET_CARD = "README.md"  # beside it
-MODEL_DIR = "model"  # in the train stage's folder: the exported HF model
-SCORES_FILE = "scores.json"  # in the eval stage's folder
+DATASET_CARD = "_README.md"  # beside it (rename to README.md to publish the folder on the Hugging Face Hub)
+TRAIN_STATE = "_ray"  # in a training output folder: Ray Train's checkpoints and run snapshot
+TRAIN_CLAIM = "_training.json"  # beside it: what that folder trains (dataset digest, model, settings)
+MODEL_DIR = "model"  # in the run directory: the exported HF model of the train stage
+SAMPLES_DIR = "_samples"  # in the eval stage's folder: lm-eval's outputs per model
+SCORES_FILE = "scores.json"  # what ``evaluate`` writes in its output folder
+STAGE_SCORES = "_scores.json"  # in the eval stage's folder: base vs fine-tuned
 
 # The run layout: each stage's folder is ``<index:02d>_<name>``; verify shares instances' index (stage 5b).
 STAGES = {"seeds": 0, "expand": 1, "principles": 2, "cluster": 3, "summarize": 4, "instances": 5, "verify": 5,
@@ -137,7 +144,12 @@ class StageDir:
     def __init__(self, run_dir: Path, index: int, name: str):
         self.name = name
         self.path = Path(run_dir) / f"{index:02d}_{name}"
-        self.manifest_path = self.path / MANIFEST
+
+    @property
+    def manifest_path(self) -> Path:
+        """``_manifest.json``; in a run directory from before the "_" names, its ``manifest.json``."""
+        legacy = self.path / LEGACY_MANIFEST
+        return legacy if legacy.exists() and not (self.path / MANIFEST).exists() else self.path / MANIFEST
 
     @classmethod
     def named(cls, run_dir: Path, name: str) -> StageDir:
@@ -191,7 +203,7 @@ class StageDir:
         return [v for p in self.parts().values() for v in pq.read_table(p, columns=[name]).column(name).to_pylist()]
 
     def write_manifest(self, data: dict) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=True, default=str))
+        atomic_write_text(self.path / MANIFEST, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def dataset_file(run_dir: Path) -> Path:
@@ -200,8 +212,19 @@ def dataset_file(run_dir: Path) -> Path:
 
 
 def scores_file(run_dir: Path) -> Path:
-    """The eval stage's base vs fine-tuned scores (``09_eval/scores.json``)."""
-    return StageDir.named(run_dir, "eval").path / SCORES_FILE
+    """The eval stage's base vs fine-tuned scores (``09_eval/_scores.json``; older runs: ``scores.json``, or
+    ``eval/scores.json`` before the stage had an index)."""
+    stage = StageDir.named(run_dir, "eval").path
+    for path in (stage / STAGE_SCORES, stage / SCORES_FILE, Path(run_dir) / "eval" / SCORES_FILE):
+        if path.exists():
+            return path
+    return stage / STAGE_SCORES
+
+
+def model_dir(run_dir: Path) -> Path:
+    """The fine-tuned model a run's train stage exported (``model/``; older runs: ``08_train/model``)."""
+    legacy = StageDir.named(run_dir, "train").path / MODEL_DIR
+    return legacy if legacy.is_dir() and not (Path(run_dir) / MODEL_DIR).exists() else Path(run_dir) / MODEL_DIR
 
 
 def stage_dirs(run_dir: Path) -> list[StageDir]:

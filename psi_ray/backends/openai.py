@@ -56,7 +56,7 @@ class OpenAIBackend:
 
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 16, max_retries: int = 4, timeout: float = 60.0, backoff: float = 0.5,
-                 allow_insecure_key: bool = False, **_ignored):
+                 allow_insecure_key: bool = False):
         if concurrency < 1:
             raise PsiRayError("openai backend: concurrency must be >= 1")
         if max_retries < 0:
@@ -109,19 +109,8 @@ class OpenAIBackend:
 
     def check(self, timeout: float | None = None) -> list[str]:
         """``GET {base_url}/models``; return the served model ids, or raise a one-line :class:`PsiRayError`."""
-        url = f"{self.base_url}/models"
-        try:
-            resp = self._session()[0].get(url, timeout=timeout or min(self.timeout, 10.0))
-        except httpx.HTTPError as exc:
-            raise PsiRayError(f"cannot reach OpenAI-compatible endpoint at {url}: {self._describe(exc)}") from None
-        if resp.status_code != 200:
-            raise PsiRayError(f"OpenAI-compatible endpoint at {url} answered HTTP {resp.status_code}: "
-                              f"{self._excerpt(resp.text)}")
-        try:
-            served = [m["id"] for m in resp.json()["data"]]
-        except (ValueError, KeyError, TypeError):
-            raise PsiRayError(f"OpenAI-compatible endpoint at {url} sent an unreadable model list: "
-                              f"{self._excerpt(resp.text)}") from None
+        served = served_models(self.base_url, client=self._session()[0], timeout=timeout or min(self.timeout, 10.0),
+                               scrub=self._scrub)
         if served and self.model not in served:
             raise PsiRayError(f"model '{self.model}' is not served at {self.base_url}; "
                               f"it serves: {', '.join(served)}")
@@ -249,6 +238,31 @@ class OpenAIBackend:
         for key in keys - {""}:
             text = text.replace(key, "***")
         return text
+
+
+def served_models(base_url: str, api_key: str | None = None, timeout: float = 10.0, client: httpx.Client | None = None,
+                  scrub=lambda text: text) -> list[str]:
+    """``GET {base_url}/models`` → the ids it serves; anything else is one :class:`PsiRayError` line.
+
+    The one probe of an OpenAI-compatible endpoint: the openai backend's check, Serve's readiness wait and
+    eval's served-name lookup all use it. ``client`` (with its own auth header) or ``api_key`` authenticates;
+    ``scrub`` hides a key an error text might echo.
+    """
+    url = f"{base_url}/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    scrub_key = (lambda text: scrub(text.replace(api_key, "***"))) if api_key else scrub
+    try:
+        resp = (client or httpx).get(url, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise PsiRayError(f"cannot reach OpenAI-compatible endpoint at {url}: "
+                          f"{scrub_key(' '.join(str(exc).split())) or type(exc).__name__}") from None
+    excerpt = scrub_key(" ".join(resp.text.split())[:_ERROR_BODY_CHARS]) or "(empty body)"
+    if resp.status_code != 200:
+        raise PsiRayError(f"OpenAI-compatible endpoint at {url} answered HTTP {resp.status_code}: {excerpt}")
+    try:
+        return [m["id"] for m in resp.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        raise PsiRayError(f"OpenAI-compatible endpoint at {url} sent an unreadable model list: {excerpt}") from None
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

@@ -27,14 +27,26 @@ def cpu_engine_env(threads: int | None = None) -> dict[str, str]:
     }
 
 
+# ``engine_kwargs`` keys psi-ray refuses: running code shipped with a model repository, or replacing the model
+# and tokenizer it resolved (and recorded in the manifests) with others.
+REFUSED_ENGINE_KWARGS = ("trust_remote_code", "model", "tokenizer")
+
+
+def refused_engine_kwargs(engine_kwargs: dict | None) -> list[str]:
+    """The keys of ``engine_kwargs`` that psi-ray will not pass to ``vllm.LLM``."""
+    return [k for k in (engine_kwargs or {}) if k in REFUSED_ENGINE_KWARGS]
+
+
 class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model: str, max_model_len: int = 2048, gpu_memory_utilization: float | None = None,
-                 dtype: str | None = None, threads: int | None = None, engine_kwargs: dict | None = None,
-                 **_ignored):
+                 dtype: str | None = None, threads: int | None = None, engine_kwargs: dict | None = None):
         from psi_ray.models import resolve_model
 
+        if refused_engine_kwargs(engine_kwargs):
+            raise PsiRayError(f"engine_kwargs: {', '.join(refused_engine_kwargs(engine_kwargs))} refused "
+                              "(psi-ray runs no code from model repositories and loads the model it resolved)")
         self.model = model
         self.path = resolve_model(model)
         self.on_gpu = cuda_available()

@@ -11,9 +11,10 @@ from psi_ray.errors import PsiRayError
 
 def cmd_train(args) -> int:
     """Fine-tune a target model M_t on a psi-ray dataset with Ray Train; re-running the same command resumes
-    from the last checkpoint. Writes an HF model folder (LoRA merged) to OUT/model."""
+    from the last checkpoint. Writes an HF model folder (LoRA merged) to OUT/model, or to RUN_DIR/model when
+    given a run directory and no --out, as a run's train stage does."""
     from psi_ray.config import TrainSpec
-    from psi_ray.rundir import StageDir
+    from psi_ray.rundir import StageDir, model_dir
     from psi_ray.train import train
     from psi_ray.train.run import resolve_dataset
 
@@ -22,9 +23,10 @@ def cmd_train(args) -> int:
     if args.gpu and args.strategy is None:
         fields["strategy"] = "deepspeed"  # ZeRO in bf16 is the GPU default
     spec = _validated(TrainSpec, fields)
-    out = Path(args.out) if args.out else (StageDir.named(Path(args.source), "train").path
-                                           if Path(args.source).is_dir() else dataset.parent / "train")
-    result = train(dataset, out, spec, seed=args.seed)
+    run_dir = Path(args.source) if Path(args.source).is_dir() and not args.out else None
+    out = Path(args.out) if args.out else (StageDir.named(run_dir, "train").path if run_dir
+                                           else dataset.parent / "train")
+    result = train(dataset, out, spec, seed=args.seed, model_dir=model_dir(run_dir) if run_dir else None)
     print(f"\n{result.steps} steps on {result.examples} examples in {result.seconds:.0f}s; "
           f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}" + (f" (resumed from step {result.resumed_from})"
                                                                     if result.resumed_from else ""))
@@ -119,13 +121,14 @@ def add_spec_flags(p) -> None:
 def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune M_t on a dataset with Ray Train", description=cmd_train.__doc__)
     p.add_argument("source", metavar="RUN_DIR|DATASET", help="a run directory or a Parquet file with 'messages'")
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/08_train)")
+    p.add_argument("--out", default=None, help="output folder for checkpoints, the step log and the model "
+                   "(default RUN_DIR/08_train, the model then in RUN_DIR/model)")
     add_spec_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of LoRA's initialisation (default 0)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("serve", help="serve a model as an OpenAI-compatible API", description=cmd_serve.__doc__)
-    p.add_argument("model", metavar="MODEL_DIR", help="HF model folder (e.g. RUN_DIR/08_train/model) or built-in name")
+    p.add_argument("model", metavar="MODEL_DIR", help="HF model folder (e.g. RUN_DIR/model) or built-in name")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", default=None, help="model name clients send (default: the folder name)")

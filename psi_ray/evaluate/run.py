@@ -71,16 +71,13 @@ def endpoint(target: str, port: int | None = None, api_key_env: str | None = Non
 
 
 def served_name(base_url: str, api_key: str | None) -> str:
-    import httpx
+    """The model id the endpoint serves (lm-eval sends it with every request)."""
+    from psi_ray.backends.openai import served_models
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.get(f"{base_url}/models", headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        raise PsiRayError(f"cannot reach {base_url}/models: {exc}") from None
-    if r.status_code != 200:
-        raise PsiRayError(f"{base_url}/models answered {r.status_code}: {r.text[:200]}")
-    return r.json()["data"][0]["id"]
+    served = served_models(base_url, api_key, timeout=30)
+    if not served:
+        raise PsiRayError(f"{base_url}/models lists no model")
+    return served[0]
 
 
 def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | None = None,

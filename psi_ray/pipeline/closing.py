@@ -1,27 +1,31 @@
 """Stages 8-10 of a run, closing the loop: train M_t on the dataset, serve it, score it against the base.
 
-``train.enabled`` adds ``08_train/`` (Ray Train; ``model/`` is the fine-tuned HF folder, ``ray/`` the
-checkpoint and resume state); ``eval.enabled`` adds ``09_eval/``: each model is served with Ray Serve in turn
-and scored by lm-eval on the same questions; ``scores.json`` holds base vs fine-tuned per task and metric,
-which the run report shows as a table.
+``train.enabled`` adds ``08_train/`` (its table: the loss of every step; ``_ray/`` the checkpoint and resume
+state) and the fine-tuned HF folder ``model/`` in the run directory; ``eval.enabled`` adds ``09_eval/``: each
+model is served with Ray Serve in turn and scored by lm-eval on the same questions; its table has one row per
+task, metric and model, ``_scores.json`` holds base vs fine-tuned per task and metric (the report's table) and
+``_samples/<model>/`` lm-eval's answers per question.
 """
 
 from __future__ import annotations
 
 import json
 
-from psi_ray.rundir import DATASET_FILE, MODEL_DIR, SCORES_FILE, StageDir, atomic_write_text
+from psi_ray.pipeline.runner import StageResult
+from psi_ray.rundir import DATASET_FILE, SAMPLES_DIR, STAGE_SCORES, StageDir, atomic_write_text, model_dir
 
 
 def train_stage(r, sd: StageDir, dataset_sd: StageDir):
     """Fine-tune ``train.model`` on the run's dataset; the manifest records steps, losses and the model folder."""
     from psi_ray.train import train
 
-    result = train(dataset_sd.path / DATASET_FILE, sd.path, r.cfg.train, seed=r.cfg.seed)
-    return None, {"rows": result.examples, "steps": result.steps, "first_loss": result.losses[0],
+    result = train(dataset_sd.path / DATASET_FILE, sd.path, r.cfg.train, seed=r.cfg.seed,
+                   model_dir=model_dir(r.dir))
+    steps = [{"step": i, "loss": loss} for i, loss in enumerate(result.losses, 1)]
+    return StageResult(steps, {"examples": result.examples, "steps": result.steps, "first_loss": result.losses[0],
                   "final_loss": result.losses[-1], "losses": result.losses, "model": str(result.model_dir),
                   "strategy": r.cfg.train.strategy, "lora": r.cfg.train.lora, "resumed_from": result.resumed_from,
-                  "train_seconds": result.seconds}
+                  "train_seconds": result.seconds})
 
 
 def eval_stage(r, sd: StageDir, trained: StageDir | None):
@@ -33,15 +37,17 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
     if ec.compare_base or trained is None:
         models["base"] = r.cfg.train.model
     if trained is not None:
-        models["finetuned"] = str(trained.path / MODEL_DIR)
-    reports = {label: evaluate(model, ec.tasks, sd.path / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens,
+        models["finetuned"] = str(model_dir(r.dir))
+    reports = {label: evaluate(model, ec.tasks, sd.path / SAMPLES_DIR / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens,
                                       concurrency=ec.concurrency)
                for label, model in models.items()}
     scores = table(reports)
-    atomic_write_text(sd.path / SCORES_FILE, json.dumps(
+    atomic_write_text(sd.path / STAGE_SCORES, json.dumps(
         {"limit": ec.limit, "tasks": scores, "models": {k: v["model"] for k, v in reports.items()},
          "main_metric": {t: TASKS[t].main_metric for t in ec.tasks}}, indent=2))
-    return None, {"rows": len(scores), "scores": scores, "limit": ec.limit}
+    rows = [{"task": key, "model": label, "value": value} for key, by_model in scores.items()
+            for label, value in by_model.items()]
+    return StageResult(rows, {"scores": scores, "limit": ec.limit})
 
 
 def table(reports: dict[str, dict]) -> dict[str, dict[str, float]]:

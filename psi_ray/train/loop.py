@@ -13,12 +13,53 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from psi_ray.errors import PsiRayError
 
 STATE = "state.json"
 MODEL = "model"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything a training worker needs, resolved on the driver: the ``TrainSpec`` settings the loop reads,
+    plus the local model folder, the dataset file, the seed and the torch threads per worker.
+
+    Ray Train hands workers a plain dict (:meth:`as_dict`); :meth:`from_dict` rebuilds this class there, so a
+    missing or unknown key fails at the worker's first line instead of as a ``KeyError`` mid-training.
+    """
+
+    model_path: str
+    dataset: str
+    seed: int
+    threads: int
+    strategy: str
+    zero_stage: int
+    lora: bool
+    lora_rank: int
+    use_gpu: bool
+    epochs: float
+    batch_size: int
+    lr: float
+    max_seq_len: int
+    checkpoint_every: int
+    max_steps: int | None
+
+    @classmethod
+    def from_spec(cls, spec, model_path: str, dataset: str, seed: int, threads: int) -> LoopConfig:
+        """The loop's settings from a validated ``TrainSpec`` (fields the loop does not read are left out)."""
+        mine = {f.name for f in fields(cls)}
+        return cls(model_path=model_path, dataset=dataset, seed=seed, threads=threads,
+                   **{k: v for k, v in spec.model_dump().items() if k in mine})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoopConfig:
+        return cls(**data)
 
 
 def batch_indices(step: int, n: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
@@ -37,12 +78,13 @@ def steps_per_epoch(n: int, batch: int, world: int) -> int:
     return max(1, math.ceil(n / (batch * world)))
 
 
-def total_steps(n: int, cfg: dict) -> int:
-    steps = max(1, math.ceil(steps_per_epoch(n, cfg["batch_size"], cfg["world"]) * cfg["epochs"]))
-    return min(steps, cfg["max_steps"]) if cfg.get("max_steps") else steps
+def total_steps(n: int, batch: int, world: int, epochs: float, max_steps: int | None) -> int:
+    """Steps of the whole run: ``epochs`` passes over ``n`` examples, capped at ``max_steps``."""
+    steps = max(1, math.ceil(steps_per_epoch(n, batch, world) * epochs))
+    return min(steps, max_steps) if max_steps else steps
 
 
-def train_loop(cfg: dict) -> None:
+def train_loop(config: dict) -> None:
     """Ray Train entry point: build model, data and optimizer; train from the last checkpoint to the end."""
     import ray.train
     import torch
@@ -50,24 +92,24 @@ def train_loop(cfg: dict) -> None:
 
     from psi_ray.train.data import collate, encode_all, read_messages
 
+    cfg = LoopConfig.from_dict(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if not cfg["use_gpu"]:
-        torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
+    if not cfg.use_gpu:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = encode_all(tokenizer, read_messages(Path(cfg["dataset"])), cfg["max_seq_len"])
-    dtype = torch.bfloat16 if cfg["use_gpu"] and cfg["strategy"] == "deepspeed" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=dtype)
-    if cfg["lora"]:
+    examples = encode_all(tokenizer, read_messages(Path(cfg.dataset)), cfg.max_seq_len)
+    dtype = torch.bfloat16 if cfg.use_gpu and cfg.strategy == "deepspeed" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
+    if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg["lora_rank"], lora_alpha=2 * cfg["lora_rank"],
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
-    cfg = {**cfg, "world": world}
-    steps = total_steps(len(examples), cfg)
-    runner = (DeepSpeedRunner if cfg["strategy"] == "deepspeed" else DDPRunner)(model, cfg, steps)
+    steps = total_steps(len(examples), cfg.batch_size, world, cfg.epochs, cfg.max_steps)
+    runner = (DeepSpeedRunner if cfg.strategy == "deepspeed" else DDPRunner)(model, cfg, steps)
     start, losses, resumed_at = 0, [], []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -77,9 +119,9 @@ def train_loop(cfg: dict) -> None:
             resumed_at = [*state.get("resumed_at", []), start]  # every resume of this run, for the manifest
             runner.load(Path(folder))
         print(f"[train] resumed from step {start} of {steps}")
-    every = cfg["checkpoint_every"] or steps_per_epoch(len(examples), cfg["batch_size"], world)
+    every = cfg.checkpoint_every or steps_per_epoch(len(examples), cfg.batch_size, world)
     for step in range(start, steps):
-        idx = batch_indices(step, len(examples), cfg["batch_size"], rank, world, cfg["seed"])
+        idx = batch_indices(step, len(examples), cfg.batch_size, rank, world, cfg.seed)
         losses.append(runner.step(collate([examples[i] for i in idx], pad_id)))
         if rank == 0 and ((step + 1) % 5 == 0 or step == start):
             print(f"[train] step {step + 1}/{steps} loss {losses[-1]:.4f}")
@@ -106,7 +148,7 @@ def _scheduler(optimizer, steps: int):
 class DDPRunner:
     """torch DDP via ``ray.train.torch.prepare_model``; AdamW with linear decay and gradient clipping."""
 
-    def __init__(self, model, cfg: dict, steps: int):
+    def __init__(self, model, cfg: LoopConfig, steps: int):
         import ray.train.torch
         import torch
 
@@ -114,7 +156,7 @@ class DDPRunner:
         self.inner = model
         self.device = ray.train.torch.get_device()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         self.scheduler = _scheduler(self.optimizer, steps)
 
     def step(self, batch: dict) -> float:
@@ -149,22 +191,22 @@ class DDPRunner:
 class DeepSpeedRunner:
     """DeepSpeed ZeRO over the process group Ray Train made; a torch AdamW (DeepSpeed's CPU Adam needs a build)."""
 
-    def __init__(self, model, cfg: dict, steps: int):
+    def __init__(self, model, cfg: LoopConfig, steps: int):
         import deepspeed
         import torch
 
         ds_config = {
-            "train_micro_batch_size_per_gpu": cfg["batch_size"],
+            "train_micro_batch_size_per_gpu": cfg.batch_size,
             "gradient_accumulation_steps": 1,
             "gradient_clipping": 1.0,
-            "zero_optimization": {"stage": cfg["zero_stage"],
-                                  "stage3_gather_16bit_weights_on_model_save": cfg["zero_stage"] == 3},
-            "bf16": {"enabled": bool(cfg["use_gpu"])},
+            "zero_optimization": {"stage": cfg.zero_stage,
+                                  "stage3_gather_16bit_weights_on_model_save": cfg.zero_stage == 3},
+            "bf16": {"enabled": bool(cfg.use_gpu)},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
         }
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=_scheduler(optimizer, steps), config=ds_config,
             dist_init_required=False)

@@ -1,8 +1,10 @@
 """The driver side of training: a Ray Train ``TorchTrainer``, resume, and the exported HF folder.
 
-Ray Train keeps its state under ``OUT/ray/``: checkpoints (one kept) and the run snapshot. Starting again with
-the same output folder resumes from the last checkpoint: Ray Train finds the snapshot and every worker gets
-the checkpoint from ``ray.train.get_checkpoint()``. The final model is written to ``OUT/model`` atomically.
+Ray Train keeps its state under ``OUT/_ray/``: checkpoints (one kept) and the run snapshot;
+``OUT/_training.json`` says what the folder trains. Starting again with the same output folder resumes from
+the last checkpoint: Ray Train finds the snapshot and every worker gets the checkpoint from
+``ray.train.get_checkpoint()``. The final model is written atomically to ``model_dir`` (``OUT/model`` unless
+given; a run puts it in the run directory, beside the stage folders).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 
 from psi_ray.config import TrainSpec
 from psi_ray.errors import PsiRayError, last_line, require
-from psi_ray.rundir import atomic_write_text, dataset_file
+from psi_ray.rundir import MODEL_DIR, TRAIN_CLAIM, TRAIN_STATE, atomic_write_text, dataset_file
 from psi_ray.runtime import cuda_available
-from psi_ray.train.loop import MODEL, STATE
+from psi_ray.train.loop import MODEL, STATE, LoopConfig
 
 
 @dataclass
@@ -68,8 +70,11 @@ def check_examples(dataset: Path, model_path: str, max_seq_len: int) -> int:
     return len(encode_all(tokenizer, read_messages(dataset), max_seq_len))
 
 
-def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int = 0) -> TrainResult:
-    """Fine-tune ``spec.model`` on ``dataset``; resume from ``out_dir`` if a run was interrupted there."""
+def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int = 0,
+          model_dir: str | Path | None = None) -> TrainResult:
+    """Fine-tune ``spec.model`` on ``dataset``; resume from ``out_dir`` if a run was interrupted there.
+
+    The trained model goes to ``model_dir`` (default ``out_dir/model``)."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -82,21 +87,21 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
     model_path = resolve_model(spec.model)
     check_examples(dataset, model_path, spec.max_seq_len)  # bad data fails here, before Ray starts
     out_dir = Path(out_dir).resolve()
+    target = Path(model_dir).resolve() if model_dir else out_dir / MODEL_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     claim_output(out_dir, dataset, model_path, spec, seed)
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
     threads = max(1, int(spec.cpus_per_worker)) if spec.num_workers > 1 else max(1, int(cpus))
-    loop_cfg = {**spec.model_dump(), "model_path": model_path, "dataset": str(dataset), "seed": seed,
-                "threads": threads}
+    loop_cfg = LoopConfig.from_spec(spec, model_path, str(dataset), seed, threads)
     if spec.strategy == "deepspeed":
         os.environ.setdefault("DS_BUILD_OPS", "0")
     trainer = TorchTrainer(
         _loop,
-        train_loop_config=loop_cfg,
+        train_loop_config=loop_cfg.as_dict(),
         scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"CPU": spec.cpus_per_worker, **spec.resources}),
-        run_config=RunConfig(name="train", storage_path=str(out_dir / "ray"),
+        run_config=RunConfig(name="train", storage_path=str(out_dir / TRAIN_STATE),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     started = time.time()
@@ -109,11 +114,11 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
     with result.checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / STATE).read_text())
         try:
-            export(Path(folder) / MODEL, model_path, out_dir / "model", spec.lora)
+            export(Path(folder) / MODEL, model_path, target, spec.lora)
         except OSError as exc:
-            raise PsiRayError(f"could not write the trained model to {out_dir / 'model'}: {exc}") from None
+            raise PsiRayError(f"could not write the trained model to {target}: {exc}") from None
     resumed_from = (state.get("resumed_at") or [0])[-1]  # what the workers did, not a guess from the folder
-    return TrainResult(out_dir / "model", state["step"], int(result.metrics.get("examples", 0)),
+    return TrainResult(target, state["step"], int(result.metrics.get("examples", 0)),
                        state["losses"], time.time() - started, resumed_from)
 
 
@@ -126,7 +131,7 @@ def claim_output(out_dir: Path, dataset: Path, model_path: str, spec: TrainSpec,
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     mine = {"dataset_sha256": digest.hexdigest(), "model": model_path, "seed": seed, "spec": spec.model_dump()}
-    path = out_dir / "training.json"
+    path = out_dir / TRAIN_CLAIM
     if path.exists():
         theirs = json.loads(path.read_text())
         if theirs != mine:
@@ -155,6 +160,7 @@ def export(checkpoint_model: Path, base_path: str, target: Path, lora: bool) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
     try:
         if lora:

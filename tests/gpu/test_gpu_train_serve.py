@@ -22,7 +22,7 @@ def test_deepspeed_zero3_bf16_on_gpu(ray_session, chat_dataset, tmp_path):
     result = train(chat_dataset, tmp_path, spec, seed=0)
     assert result.steps == 4 and (result.model_dir / "config.json").exists()
 
-    [checkpoint] = [p for p in (tmp_path / "ray" / "train").glob("checkpoint_*") if p.is_dir()]
+    [checkpoint] = [p for p in (tmp_path / "_ray" / "train").glob("checkpoint_*") if p.is_dir()]
     gathered = {}
     for f in sorted((checkpoint / "model").glob("*.safetensors")):
         gathered.update(load_file(str(f)))

@@ -148,7 +148,7 @@ def test_two_tier_job_succeeds_with_tiers_on_their_nodes(cluster, tmp_path):
     run = tmp_path / "runs" / "tiers-psi"
 
     def nodes(stage, tier):
-        return json.loads((run / stage / "manifest.json").read_text())["nodes"][tier]
+        return json.loads((run / stage / "_manifest.json").read_text())["nodes"][tier]
 
     assert cluster.head_id != cluster.worker_id
     assert nodes("02_principles", "large") == [cluster.head_id]
@@ -161,7 +161,7 @@ def test_two_tier_job_succeeds_with_tiers_on_their_nodes(cluster, tmp_path):
 
     data = pq.read_table(run / "07_dataset" / "data.parquet")  # may hold few rows: the 135M model is weak
     assert data.schema.names[:2] == ["id", "messages"]
-    assert data.num_rows == json.loads((run / "07_dataset" / "manifest.json").read_text())["valid"]
+    assert data.num_rows == json.loads((run / "07_dataset" / "_manifest.json").read_text())["valid"]
 
 
 def submit_until_first_shard(cluster, job, stage):
@@ -204,7 +204,7 @@ def test_worker_node_killed_during_instances(cluster, tmp_path):
         assert "resuming" in again.stdout, again.stdout[-4000:]
     ids = instance_ids(stage)
     assert sorted(ids) == [f"inst-{i:07d}" for i in range(count)]  # none lost, none twice
-    manifest = json.loads((stage / "manifest.json").read_text())
+    manifest = json.loads((stage / "_manifest.json").read_text())
     assert manifest["rows"] == manifest["unique_ids"] == count
     assert new_worker in manifest["nodes"]["generator"]  # the shards after the kill came from the new node
     assert set(manifest["nodes"]["generator"]) <= {old_worker, new_worker}
@@ -219,11 +219,11 @@ def test_stopped_job_resumes_on_resubmit(cluster, tmp_path):
     client.stop_job(job_id)
     assert wait_terminal(client, job_id, 60) == "STOPPED"
     done = {p.name: p.read_bytes() for p in stage.glob("part-*.parquet")}
-    assert 1 <= len(done) < count // 4 and not (stage / "manifest.json").exists()
+    assert 1 <= len(done) < count // 4 and not (stage / "_manifest.json").exists()
 
     again = psi_ray("submit", str(job), "--address", cluster.address, "--no-report", env=cluster.env)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "resuming" in again.stdout and "[seeds] done already" in again.stdout, again.stdout[-4000:]
     assert all((stage / name).read_bytes() == data for name, data in done.items())  # finished shards kept
     assert sorted(instance_ids(stage)) == [f"inst-{i:07d}" for i in range(count)]
-    assert json.loads((stage / "manifest.json").read_text())["resumed_shards"] == len(done)
+    assert json.loads((stage / "_manifest.json").read_text())["resumed_shards"] == len(done)

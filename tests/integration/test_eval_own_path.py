@@ -1,7 +1,9 @@
-"""Stage 9 through the product's own path: the run's eval stage (``closing.eval_stage`` → ``evaluate``) serves the
-tiny model with Ray Serve, scores it with lm-eval on GSM8K test (generation, chat endpoint) and MMLU test
-(log-likelihood, completions with echo + logprobs), writes ``09_eval/scores.json``, and the report reads that
-file. Each score is counted back from the per-question samples the stage wrote."""
+"""Stages 8 and 9 through the product's own path, on a dataset stage written here (so no weak generator can
+leave it empty): the run's train stage (``closing.train_stage``, Ray Train) fine-tunes the tiny model into the
+run's ``model/``; the eval stage (``closing.eval_stage`` → ``evaluate``) serves base and fine-tuned in turn with
+Ray Serve, scores them with lm-eval on GSM8K test (generation, chat endpoint) and MMLU test (log-likelihood,
+completions with echo + logprobs), writes ``09_eval/_scores.json``, and the report reads that file. Each score
+is counted back from the per-question samples the stage wrote; both stage folders open with pandas."""
 
 import json
 import re
@@ -24,19 +26,41 @@ def lines(path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+STEPS = 3
+
+
 @pytest.fixture(scope="module")
-def eval_run(ray_session, tiny_model, tmp_path_factory):
+def eval_run(ray_session, tiny_model, chat_dataset, tmp_path_factory):
+    import shutil
+
     from psi_ray.config import JobConfig
     from psi_ray.pipeline import Run, closing
-    from psi_ray.rundir import atomic_write_text
+    from psi_ray.rundir import DATASET_FILE, StageDir, atomic_write_text
 
-    cfg = JobConfig(runs_dir=str(tmp_path_factory.mktemp("runs")), train={"model": str(tiny_model)},
+    cfg = JobConfig(runs_dir=str(tmp_path_factory.mktemp("runs")),
+                    train={"enabled": True, "model": str(tiny_model), "num_workers": 1, "batch_size": 2,
+                           "max_steps": STEPS, "max_seq_len": 64},
                     eval={"enabled": True, "tasks": ["gsm8k", "mmlu"], "limit": LIMIT, "max_gen_tokens": 16,
                           "concurrency": 4}, carbon={"enabled": False})
     r = Run(cfg)
     atomic_write_text(r.dir / "config.json", cfg.model_dump_json())
-    sd = r.stage("eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, None))  # base M_t only
+    data = StageDir.named(r.dir, "dataset")
+    data.path.mkdir(parents=True)
+    shutil.copy(chat_dataset, data.path / DATASET_FILE)
+    trained = r.stage("train", ("train",), lambda sd: closing.train_stage(r, sd, data))
+    sd = r.stage("eval", ("eval", "train"), lambda sd: closing.eval_stage(r, sd, trained))
     return r.dir, sd
+
+
+def test_train_and_eval_stage_folders_open_as_tables(eval_run):
+    import pandas as pd
+
+    run_dir, sd = eval_run
+    steps = pd.read_parquet(run_dir / "08_train")
+    assert list(steps["step"]) == list(range(1, STEPS + 1)) and steps["loss"].gt(0).all()
+    assert (run_dir / "model" / "config.json").is_file()  # the run's model, beside the stage folders
+    scores = pd.read_parquet(sd.path)
+    assert len(scores) == 3 * 2 and set(scores["model"]) == {"base", "finetuned"}
 
 
 def test_scores_json_is_where_the_report_reads_it(eval_run):
@@ -44,11 +68,13 @@ def test_scores_json_is_where_the_report_reads_it(eval_run):
 
     run_dir, sd = eval_run
     assert sd.path == run_dir / "09_eval"
-    scores = json.loads((sd.path / "scores.json").read_text())
+    scores = json.loads((sd.path / "_scores.json").read_text())
     assert scores["limit"] == LIMIT
     assert set(scores["tasks"]) == {"gsm8k exact_match (strict-match)", "gsm8k exact_match (flexible-extract)",
                                     "mmlu acc"}
-    assert all(set(v) == {"base"} and 0 <= v["base"] <= 1 for v in scores["tasks"].values())
+    assert all(set(v) == {"base", "finetuned"} and all(0 <= x <= 1 for x in v.values())
+               for v in scores["tasks"].values())
+    assert scores["models"]["finetuned"] == str(run_dir / "model")
     run = collect.collect(run_dir)
     assert run["eval"] == scores["tasks"] and run["eval_limit"] == LIMIT
     md = write_report(run_dir)["markdown"].read_text()
@@ -59,7 +85,7 @@ def test_mmlu_is_scored_on_the_test_split_by_log_likelihood(eval_run):
     from psi_ray.evaluate.questions import EVAL_FILES
 
     _, sd = eval_run
-    samples = lines(sd.path / "base" / "samples_mmlu.jsonl")
+    samples = lines(sd.path / "_samples" / "base" / "samples_mmlu.jsonl")
     test = lines(EVAL_FILES["mmlu"])[:LIMIT]
     assert [s["doc"]["question"] for s in samples] == [d["question"] for d in test]
     for s in samples:
@@ -67,16 +93,16 @@ def test_mmlu_is_scored_on_the_test_split_by_log_likelihood(eval_run):
         assert len(loglik) == 4 and all(x < 0 for x in loglik)
         assert s["acc"] == float(max(range(4), key=loglik.__getitem__) == s["target"])
     acc = sum(s["acc"] for s in samples) / LIMIT
-    assert json.loads((sd.path / "scores.json").read_text())["tasks"]["mmlu acc"]["base"] == pytest.approx(acc)
+    assert json.loads((sd.path / "_scores.json").read_text())["tasks"]["mmlu acc"]["base"] == pytest.approx(acc)
 
 
 def test_gsm8k_is_scored_on_the_test_split_by_exact_match(eval_run):
     from psi_ray.evaluate.questions import EVAL_FILES
 
     _, sd = eval_run
-    samples = lines(sd.path / "base" / "samples_gsm8k.jsonl")
+    samples = lines(sd.path / "_samples" / "base" / "samples_gsm8k.jsonl")
     test = lines(EVAL_FILES["gsm8k"])[:LIMIT]
-    scores = json.loads((sd.path / "scores.json").read_text())["tasks"]
+    scores = json.loads((sd.path / "_scores.json").read_text())["tasks"]
     for flt in ("strict-match", "flexible-extract"):
         mine = sorted((s for s in samples if s["filter"] == flt), key=lambda s: s["doc_id"])
         assert [s["doc"]["question"] for s in mine] == [d["question"] for d in test]

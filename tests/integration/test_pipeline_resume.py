@@ -1,5 +1,6 @@
-"""Resume: SIGKILL a run during instance generation, re-run it: no duplicate or missing ids, and the
-finished stages are not recomputed (their manifests unchanged)."""
+"""Resume: SIGKILL a run during instance generation; re-run it with another ``shard_size``: refused with one
+line, nothing written; re-run it as it was: no duplicate or missing ids, and the finished stages are not
+recomputed (their manifests unchanged)."""
 
 import json
 import os
@@ -47,20 +48,29 @@ def test_kill_and_resume(tmp_path):
         proc.wait()
     parts_before = sorted(p.name for p in stage.glob("part-*.parquet"))
     assert 1 <= len(parts_before) < 4, (tmp_path / "first.log").read_text()[-3000:]
-    assert not (stage / "manifest.json").exists()
-    seeds_manifest = (tmp_path / "runs" / "resume-student" / "00_seeds" / "manifest.json").read_text()
+    assert not (stage / "_manifest.json").exists()
+    seeds_manifest = (tmp_path / "runs" / "resume-student" / "00_seeds" / "_manifest.json").read_text()
     part_bytes = {p: (stage / p).read_bytes() for p in parts_before}
+
+    other = tmp_path / "other.yaml"  # the same job with shards of 2: its ids would overlap the parts on disk
+    other.write_text(job.read_text().replace("shard_size: 4", "shard_size: 2"))
+    res = subprocess.run([sys.executable, "-m", "psi_ray.cli", "run", str(other)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("psi-ray: error:")]
+    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "unfinished parts made with a different config" in errors[0] and "05_instances" in errors[0]
+    assert sorted(p.name for p in stage.glob("part-*.parquet")) == parts_before  # nothing added or removed
 
     res = subprocess.run([sys.executable, "-m", "psi_ray.cli", "run", str(job)], capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "done already" in res.stdout and "resuming" in res.stdout
-    assert (tmp_path / "runs" / "resume-student" / "00_seeds" / "manifest.json").read_text() == seeds_manifest
+    assert (tmp_path / "runs" / "resume-student" / "00_seeds" / "_manifest.json").read_text() == seeds_manifest
     assert all((stage / p).read_bytes() == b for p, b in part_bytes.items())  # finished shards kept as they were
 
     import pyarrow.parquet as pq
 
     ids = [i for p in sorted(stage.glob("part-*.parquet")) for i in pq.read_table(p).column("id").to_pylist()]
     assert sorted(ids) == [f"inst-{i:07d}" for i in range(16)]
-    manifest = json.loads((stage / "manifest.json").read_text())
+    manifest = json.loads((stage / "_manifest.json").read_text())
     assert manifest["resumed_shards"] == len(parts_before) and manifest["rows"] == 16

@@ -37,9 +37,12 @@ def test_small_psi_run(tmp_path, adapter, seeds):
     run = tmp_path / "runs" / "small-psi"
     names = ["00_seeds", "01_expand", "02_principles", "03_cluster", "04_summarize", "05_instances", "06_filter",
              "07_dataset"]
+    import pandas as pd
+
     for n in names:
-        m = json.loads((run / n / "manifest.json").read_text())
+        m = json.loads((run / n / "_manifest.json").read_text())
         assert m["energy"]["energy_kwh"] > 0 and m["energy"]["emissions_kg"] > 0
+        assert len(pd.read_parquet(run / n)) == m["rows"]  # the folder opens as a table, manifest and card aside
     from psi_ray.rundir import StageDir
 
     high = {r["principle_id"] for r in StageDir(run, 4, "summarize").read()}
@@ -50,8 +53,8 @@ def test_small_psi_run(tmp_path, adapter, seeds):
 
     data = pq.read_table(run / "07_dataset" / "data.parquet")  # may hold 0 rows: the 135M model is weak
     assert data.schema.names[:2] == ["id", "messages"]
-    assert data.num_rows == json.loads((run / "07_dataset" / "manifest.json").read_text())["valid"]
-    card = (run / "07_dataset" / "README.md").read_text()
+    assert data.num_rows == json.loads((run / "07_dataset" / "_manifest.json").read_text())["valid"]
+    card = (run / "07_dataset" / "_README.md").read_text()
     assert high and all(f"**{h}**" in card for h in high)  # the card lists every high-level principle
     tree = run_cli("principles", str(run))
     assert tree.returncode == 0 and "H00" in tree.stdout
@@ -91,14 +94,14 @@ def test_verify_stage_and_principles_from_a_file(tmp_path):
     from psi_ray.rundir import StageDir
 
     run = tmp_path / "runs" / "small-psi"
-    low = json.loads((run / "02_principles" / "manifest.json").read_text())
+    low = json.loads((run / "02_principles" / "_manifest.json").read_text())
     assert low["kept"] == 2 and low["rejected"] == {"repetition": 1}
     assert not (run / "01_expand").exists() and not (run / "03_cluster").exists()
     assert [h["principle_id"] for h in StageDir(run, 4, "summarize").read()] == ["H00", "H01"]
-    v = json.loads((run / "05_verify" / "manifest.json").read_text())
+    v = json.loads((run / "05_verify" / "_manifest.json").read_text())
     rows = StageDir(run, 5, "verify").read()
     assert len(rows) == 8 and v["rows"] == 8 and v["checked"] == sum(r["verified"] is not None for r in rows)
     assert v["tokens"]["verify (generator)"]["requests"] == 2 * v["checked"]
-    f = json.loads((run / "06_filter" / "manifest.json").read_text())
+    f = json.loads((run / "06_filter" / "_manifest.json").read_text())
     assert f["rejected"].get("unverified", 0) == v["disagreed"]
     assert set(f["decontaminated_against"]) == {"gsm8k", "mmlu"}

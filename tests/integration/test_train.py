@@ -66,7 +66,7 @@ def interrupted_then_resumed(dataset, out, spec):
     from psi_ray.train import train
 
     killed: list[int] = []
-    snapshot = out / "ray" / "train" / "checkpoint_manager_snapshot.json"  # written once a checkpoint is kept
+    snapshot = out / "_ray" / "train" / "checkpoint_manager_snapshot.json"  # written once a checkpoint is kept
 
     def kill_once_checkpointed():
         deadline = time.time() + 600
@@ -94,7 +94,7 @@ def test_deepspeed_zero2_resume_equals_uninterrupted(ray_session, tiny_model, ch
     assert full.steps == 12 and full.examples == 24 and full.resumed_from == 0  # 24 / (2 workers x 2) x 2
     assert full.losses[-1] < full.losses[0]
     assert changed(weights(full.model_dir), weights(tiny_model))
-    checkpoints = [p for p in (tmp_path / "full" / "ray" / "train").glob("checkpoint_*") if p.is_dir()]
+    checkpoints = [p for p in (tmp_path / "full" / "_ray" / "train").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1  # one kept
     assert len(list((checkpoints[0] / "deepspeed" / "zero").glob("*optim_states.pt"))) == 2  # a shard per rank
 
@@ -141,7 +141,7 @@ def test_killed_ddp_training_resumes_to_the_uninterrupted_result(ddp_lora_full, 
         deadline = time.time() + 300
         # Kill once Ray Train has *registered* a checkpoint (its snapshot file), not when a checkpoint folder first
         # appears: a folder written but not yet registered is not resumed from (a loaded CI run hit that window).
-        snapshot = out / "ray" / "train" / "checkpoint_manager_snapshot.json"
+        snapshot = out / "_ray" / "train" / "checkpoint_manager_snapshot.json"
         while time.time() < deadline and proc.poll() is None and not snapshot.exists():
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -150,7 +150,7 @@ def test_killed_ddp_training_resumes_to_the_uninterrupted_result(ddp_lora_full, 
     assert steps_on_disk and max(steps_on_disk) < 18, (tmp_path / "first.log").read_text()[-3000:]
     assert not (out / "model").exists()
     spec, full = ddp_lora_full
-    assert TrainSpec(**json.loads((out / "training.json").read_text())["spec"]) == spec  # the same settings
+    assert TrainSpec(**json.loads((out / "_training.json").read_text())["spec"]) == spec  # the same settings
 
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -75,6 +75,20 @@ def test_options_checked_against_the_backend(tmp_path):
     assert "dtype: Input should be a valid string" in line
 
 
+def test_engine_kwargs_cannot_run_repository_code_or_swap_the_model(tmp_path):
+    from psi_ray.backends import load_backend
+
+    job = tmp_path / "job.yaml"
+    job.write_text("large: {backend: vllm, options: {engine_kwargs: {trust_remote_code: true, model: /x}}}\n")
+    with pytest.raises(PsiRayError) as exc:
+        load_config(job)
+    assert "engine_kwargs.trust_remote_code: refused" in str(exc.value) and "engine_kwargs.model: refused" in str(exc.value)
+    with pytest.raises(PsiRayError, match="trust_remote_code refused"):  # a direct caller is refused too
+        load_backend("vllm", "smollm2-135m", engine_kwargs={"trust_remote_code": True})
+    with pytest.raises(TypeError, match="max_modle_len"):  # and a misspelt option is never silently dropped
+        load_backend("hf", "smollm2-135m", max_modle_len=8)
+
+
 def test_option_values_must_be_json_like(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("large:\n  backend: vllm\n  options:\n    engine_kwargs: {when: 2024-01-01, 7: x, "

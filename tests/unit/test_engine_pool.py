@@ -8,7 +8,7 @@ import pytest
 
 from psi_ray.config import JobConfig, ModelSpec, Sampling
 from psi_ray.errors import PsiRayError
-from psi_ray.pipeline import EnginePool, Run, engine_pool, generate
+from psi_ray.pipeline import EnginePool, Run, StageResult, engine_pool, generate
 from psi_ray.pipeline.psi import engine_uses
 from psi_ray.rundir import StageDir
 
@@ -77,7 +77,7 @@ def test_an_engine_is_stopped_after_the_last_stage_that_uses_it(ray_session, tin
         def compute(sd):
             generate(rows(2, name), tier, SAMPLING, r.engines)
             seen[name] = {k: list(v) for k, v in r.engines.actors.items()}
-            return [{"id": name}], {}
+            return StageResult([{"id": name}])
         return r.stage(name, (), compute)
 
     m_g = stage("expand", gen)

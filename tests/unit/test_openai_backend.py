@@ -146,7 +146,9 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
 
 
 def test_registry_and_protocol():
-    backend = load_backend("openai", "tiny", base_url="http://127.0.0.1:1/v1", unknown_option=1)
+    with pytest.raises(TypeError, match="unknown_option"):  # a misspelt option is never dropped silently
+        load_backend("openai", "tiny", base_url="http://127.0.0.1:1/v1", unknown_option=1)
+    backend = load_backend("openai", "tiny", base_url="http://127.0.0.1:1/v1")
     assert isinstance(backend, Backend)
     assert backend.name == "openai" and backend.model == "tiny"
     assert backend.resources == {"CPU": 0.1}

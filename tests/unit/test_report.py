@@ -34,7 +34,7 @@ def make_run(root: Path, run_id: str, method: str, *, large: str = "smollm2-135m
     """A run directory with every stage up to ``upto`` finished; each stage used ``stage_kwh`` and 10 s.
 
     ``scores`` (``{"<task> <metric>": {"base": x, "finetuned": y}}``) adds the eval stage as a run writes it:
-    ``09_eval/scores.json`` (the shape ``closing.eval_stage`` writes) and the stage's manifest."""
+    ``09_eval/_scores.json`` (the shape ``closing.eval_stage`` writes) and the stage's manifest."""
     run_dir = root / run_id
     cfg = {"name": "gsm8k-test", "method": method, "seed": 0, "task": {"adapter": "gsm8k"},
            "large": {"model": large}, "generator": {"model": generator}, "instances": {"count": generated}}
@@ -71,7 +71,7 @@ def make_run(root: Path, run_id: str, method: str, *, large: str = "smollm2-135m
         sd.write_manifest(m)
     if scores is not None:
         sd = StageDir(run_dir, 9, "eval")
-        atomic_write_text(sd.path / "scores.json", json.dumps(
+        atomic_write_text(sd.path / "_scores.json", json.dumps(
             {"limit": 50, "tasks": scores, "models": {"base": "smollm2-135m", "finetuned": str(run_dir / "08_train")},
              "main_metric": {"gsm8k": "exact_match,strict-match"}}))
         sd.write_manifest({"stage": "eval", "digest": "d", "seed": 0, "method": method, "rows": len(scores),

@@ -8,6 +8,7 @@ from psi_ray.report.render import render_html, render_markdown
 
 def _manifest(run, folder, data):
     (run / folder).mkdir(parents=True)
+    # the name manifests had before "_manifest.json": a report of an older run still finds them
     (run / folder / "manifest.json").write_text(json.dumps({"finished_at": 1.0, "energy": {}, **data}))
 
 

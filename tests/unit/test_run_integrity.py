@@ -14,7 +14,7 @@ import pytest
 
 from psi_ray.config import JobConfig
 from psi_ray.errors import PsiRayError
-from psi_ray.pipeline import Run, seeds_stage
+from psi_ray.pipeline import Run, StageResult, seeds_stage
 from psi_ray.rundir import STAMP, StageDir, locked
 from tests.conftest import ROOT
 
@@ -37,7 +37,7 @@ def shards(r: Run, sd: StageDir, n: int, stop_after: int | None = None):
         if stop_after is not None and part >= stop_after:
             raise Killed
         sd.write_part(part, [{"id": f"inst-{i}"} for i in range(start, min(n, start + size))])
-    return None, {"rows": n}
+    return StageResult(None, {"rows": n})
 
 
 def instances(r: Run, stop_after: int | None = None) -> StageDir:

@@ -1,4 +1,5 @@
-"""Run-directory writes are atomic; the dataset file loads with `datasets` even when empty."""
+"""Run-directory writes are atomic; the dataset file loads with `datasets` even when empty; stage folders read as
+tables; run directories from before the "_" names still read."""
 
 import pytest
 

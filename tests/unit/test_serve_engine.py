@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from psi_ray.serve.engine import CompletionEngine, GenSettings
+from psi_ray.backends.hf_core import CompletionEngine, GenSettings
 
 
 @pytest.fixture(scope="module")

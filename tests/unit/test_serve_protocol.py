@@ -55,3 +55,20 @@ def test_auth_and_budget():
     check_budget(10, 20, 30)
     with pytest.raises(APIError, match="exceeds the model's context of 30"):
         check_budget(10, 21, 30)
+
+
+def test_serve_builder_arguments_are_typed():
+    """``serve run ... key=value`` passes strings: they are converted; an unknown key is an error naming it."""
+    import pytest
+
+    from psi_ray.errors import PsiRayError
+    from psi_ray.serve.app import build_app
+    from psi_ray.serve.args import ServeArgs
+
+    args = ServeArgs.model_validate({"model": "m", "threads": "4", "num_cpus": "0.5", "engine": "hf"})
+    assert (args.threads, args.num_cpus, args.served_name("/models/tuned")) == (4, 0.5, "tuned")
+    with pytest.raises(PsiRayError, match="max_batch") as err:
+        build_app({"model": "m", "max_batch": 8})
+    assert "\n" not in str(err.value)
+    with pytest.raises(PsiRayError, match="threads"):
+        build_app({"model": "m", "threads": 0})

@@ -65,5 +65,23 @@ def test_batches_cover_each_epoch_and_ranks_are_disjoint():
     assert set(seen) == set(range(n))  # the last step wraps around to stay full
     assert batch_indices(4, n, batch, 0, world, 1) == batch_indices(4, n, batch, 0, world, 1)  # resume sees the same
     assert batch_indices(0, n, batch, 0, world, 1) != batch_indices(3, n, batch, 0, world, 1)  # new order per epoch
-    assert total_steps(n, {"batch_size": batch, "world": world, "epochs": 2, "max_steps": None}) == 6
-    assert total_steps(n, {"batch_size": batch, "world": world, "epochs": 2, "max_steps": 4}) == 4
+    assert total_steps(n, batch, world, epochs=2, max_steps=None) == 6
+    assert total_steps(n, batch, world, epochs=2, max_steps=4) == 4
+
+
+def test_loop_config_is_built_from_the_spec_and_refuses_unknown_keys():
+    import dataclasses
+
+    import pytest
+
+    from psi_ray.config import TrainSpec
+    from psi_ray.train.loop import LoopConfig
+
+    resolved = {"model_path", "dataset", "seed", "threads"}  # what the driver works out; the rest is the spec's
+    assert {f.name for f in dataclasses.fields(LoopConfig)} - resolved <= set(TrainSpec.model_fields)
+    spec = TrainSpec(lr=1e-4, max_steps=7, strategy="deepspeed", zero_stage=3)
+    cfg = LoopConfig.from_spec(spec, "/m", "/d.parquet", seed=3, threads=2)
+    assert (cfg.lr, cfg.max_steps, cfg.strategy, cfg.zero_stage, cfg.threads) == (1e-4, 7, "deepspeed", 3, 2)
+    assert LoopConfig.from_dict(cfg.as_dict()) == cfg  # what Ray Train carries to the workers
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        LoopConfig.from_dict({**cfg.as_dict(), "learning_rate": 1.0})

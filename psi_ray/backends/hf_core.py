@@ -1,7 +1,8 @@
-"""The model behind the own Serve deployment: transformers, batched generation and exact log-probabilities.
+"""The one HF generation core: transformers, batched generation and exact log-probabilities.
 
-``generate`` takes token-id prompts (the server tokenizes strings and renders chat messages first) and a list
-of per-request settings, runs one left-padded ``generate`` call per group of equal settings, and cuts each
+Both the ``hf`` backend (pipeline engines) and the own Serve deployment run on :class:`CompletionEngine`, so
+they agree on padding, end-of-sequence handling, stop strings and seeding. ``generate`` takes token-id prompts
+(callers tokenize strings and render chat messages first) and a list of per-request settings, runs one left-padded ``generate`` call per group of equal settings, and cuts each
 output at its stop strings. ``score`` runs one unpadded forward pass per sequence and returns the
 log-probability of every token given the ones before it, as ``lm_eval --model hf`` computes it, plus the top-k
 alternatives, so ``/v1/completions`` with ``echo`` and ``logprobs`` gives lm-eval the same numbers.
@@ -40,16 +41,17 @@ class Completion:
 
 
 class CompletionEngine:
-    """One HF causal LM in float32 (CPU) or bf16 (CUDA), with its tokenizer."""
+    """One HF causal LM in float32 (CPU) or bf16 (CUDA) unless ``dtype`` says otherwise, with its tokenizer."""
 
-    def __init__(self, model_dir: str, threads: int | None = None, device: str | None = None):
-        torch = require("torch", "serving a model")
-        transformers = require("transformers", "serving a model")
+    def __init__(self, model_dir: str, threads: int | None = None, device: str | None = None,
+                 dtype: str | None = None):
+        torch = require("torch", "running a model with transformers")
+        transformers = require("transformers", "running a model with transformers")
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = device or default_device()
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         self.lm = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
