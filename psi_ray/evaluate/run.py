@@ -117,6 +117,13 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
     return report
 
 
+# lm-eval's per-request timeout (its default is 300 s). The served replica batches every request in flight
+# into one generate call, so on a small CPU machine a whole wave of answers can take longer than 300 s: lm-eval
+# then cancels and re-sends all of them, and the replica does the same work again (make run's eval stage took
+# over 10 minutes that way). A slow answer is not a failed one.
+REQUEST_TIMEOUT_S = 3600
+
+
 def _run_lm_eval(spec: Task, base_url: str, name: str, tokenizer: str | None, include: Path,
                  limit: int | None, max_gen_tokens: int, concurrency: int, api_key: str) -> dict:
     import lm_eval
@@ -125,11 +132,12 @@ def _run_lm_eval(spec: Task, base_url: str, name: str, tokenizer: str | None, in
     if spec.kind == "generate":
         model = "local-chat-completions"
         args = {"base_url": f"{base_url}/chat/completions", "model": name, "num_concurrent": concurrency,
-                "max_retries": 3, "tokenized_requests": False, "max_gen_toks": max_gen_tokens}
+                "max_retries": 3, "tokenized_requests": False, "max_gen_toks": max_gen_tokens,
+                "timeout": REQUEST_TIMEOUT_S}
     else:
         model = "local-completions"
         args = {"base_url": f"{base_url}/completions", "model": name, "tokenizer_backend": "huggingface",
-                "tokenizer": tokenizer, "batch_size": concurrency, "max_retries": 3}
+                "tokenizer": tokenizer, "batch_size": concurrency, "max_retries": 3, "timeout": REQUEST_TIMEOUT_S}
     old_key = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = api_key  # lm-eval's local API models read the bearer key from here
     try:
