@@ -40,11 +40,32 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# The type a column takes in a part where every value is None (or every list empty), so the parts of one stage
+# share a schema and the folder reads as one table; columns not named here are text.
+EMPTY_COLUMN_TYPES = {"verified": "bool_", "agreement": "float64"}
+
+
+def typed_table(rows: list[dict]):
+    """``rows`` as an Arrow table whose all-None columns and empty-list columns have their real type, not
+    ``null``: a shard where no row had an error must not make ``error`` unreadable beside the other shards."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows)
+    fields = []
+    for f in table.schema:
+        if pa.types.is_null(f.type):
+            f = f.with_type(getattr(pa, EMPTY_COLUMN_TYPES.get(f.name, "string"))())
+        elif pa.types.is_list(f.type) and pa.types.is_null(f.type.value_type):
+            f = f.with_type(pa.list_(pa.string()))
+        fields.append(f)
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
 def write_parquet(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows)
+    table = typed_table(rows)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())

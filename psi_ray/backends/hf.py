@@ -3,7 +3,9 @@
 
 Slower than vLLM on most machines but needs nothing beyond torch and transformers; also the reference the
 vLLM backend is checked against (same greedy tokens). Options: ``batch_size`` (default 16), ``threads``
-(torch threads; default: all cores), ``device`` (``cpu``/``cuda``; default: CUDA if present).
+(torch threads; default: all cores), ``device`` (``cpu``/``cuda``; default: CUDA if present), ``dtype``
+(default float32 on CPU, bfloat16 on CUDA). Like vLLM, it samples from the whole vocabulary (no top-k), counts
+the end-of-sequence token in a finished answer's tokens and stops a sequence once a stop string appears.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
     atomic_write_text(sd.path / STAGE_SCORES, json.dumps(
         {"limit": ec.limit, "tasks": scores, "models": {k: v["model"] for k, v in reports.items()},
          "main_metric": {t: TASKS[t].main_metric for t in ec.tasks}}, indent=2))
-    rows = [{"task": key, "model": label, "value": value} for key, by_model in scores.items()
-            for label, value in by_model.items()]
+    rows = [{"task": key.split(" ", 1)[0], "metric": key.split(" ", 1)[1], "model": label, "value": value}
+            for key, by_model in scores.items() for label, value in by_model.items()]
     return StageResult(rows, {"scores": scores, "limit": ec.limit})
 
 

@@ -155,7 +155,7 @@ def _hygiene(manifests: dict) -> dict | None:
 
 
 def _scores(data: dict | None) -> dict | None:
-    """``eval/scores.json``'s ``tasks`` as {task: {metric: value}}; a bare number becomes ``{"score": value}``."""
+    """The eval stage's scores file's ``tasks`` as {task: {metric: value}}; a bare number becomes ``{"score": value}``."""
     tasks = (data or {}).get("tasks") if isinstance(data, dict) else None
     if not tasks:
         return None

@@ -25,8 +25,8 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
     from psi_ray.serve.app import build_app
     from psi_ray.serve.args import ServeArgs
 
-    args = ServeArgs(model=model, name=name, engine=engine, api_key_env=api_key_env,
-                     **{k: v for k, v in options.items() if v is not None})
+    args = ServeArgs.parse({"model": model, "name": name, "engine": engine, "api_key_env": api_key_env,
+                            **{k: v for k, v in options.items() if v is not None}})
     app = build_app(args)
     init_ray()
     serve.start(http_options={"host": host, "port": port})

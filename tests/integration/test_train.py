@@ -146,7 +146,7 @@ def test_killed_ddp_training_resumes_to_the_uninterrupted_result(ddp_lora_full, 
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    steps_on_disk = {json.loads(p.read_text())["step"] for p in out.glob("ray/train/checkpoint_*/state.json")}
+    steps_on_disk = {json.loads(p.read_text())["step"] for p in out.glob("_ray/train/checkpoint_*/state.json")}
     assert steps_on_disk and max(steps_on_disk) < 18, (tmp_path / "first.log").read_text()[-3000:]
     assert not (out / "model").exists()
     spec, full = ddp_lora_full
@@ -156,7 +156,7 @@ def test_killed_ddp_training_resumes_to_the_uninterrupted_result(ddp_lora_full, 
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     resumed_at = re.search(r"resumed from step (\d+) of 18", res.stdout + res.stderr)
     assert resumed_at and int(resumed_at.group(1)) >= 3 and int(resumed_at.group(1)) in steps_on_disk
-    last = max((json.loads(p.read_text()) for p in out.glob("ray/train/checkpoint_*/state.json")),
+    last = max((json.loads(p.read_text()) for p in out.glob("_ray/train/checkpoint_*/state.json")),
                key=lambda s: s["step"])
     assert last["resumed_at"] == [int(resumed_at.group(1))]
     assert_same_run(TrainResult(out / "model", last["step"], 24, last["losses"], 0.0, last["resumed_at"][-1]), full)

@@ -1,4 +1,4 @@
-"""The serving engine: exact per-token log-probabilities, batched generation equal to one-by-one, stops."""
+"""The HF generation core (hf backend and Serve): exact per-token log-probabilities, batched generation equal to one-by-one, stops."""
 
 import pytest
 import torch

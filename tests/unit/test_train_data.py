@@ -85,3 +85,13 @@ def test_loop_config_is_built_from_the_spec_and_refuses_unknown_keys():
     assert LoopConfig.from_dict(cfg.as_dict()) == cfg  # what Ray Train carries to the workers
     with pytest.raises(TypeError, match="unexpected keyword"):
         LoopConfig.from_dict({**cfg.as_dict(), "learning_rate": 1.0})
+
+
+def test_a_training_folder_from_before_the_underscore_names_is_adopted(tmp_path):
+    from psi_ray.train.run import adopt_legacy_names
+
+    (tmp_path / "ray" / "train").mkdir(parents=True)
+    (tmp_path / "training.json").write_text("{}")
+    adopt_legacy_names(tmp_path)
+    assert (tmp_path / "_ray" / "train").is_dir() and (tmp_path / "_training.json").is_file()
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "training.json").exists()
