@@ -4,8 +4,9 @@
 Slower than vLLM on most machines but needs nothing beyond torch and transformers; also the reference the
 vLLM backend is checked against (same greedy tokens). Options: ``batch_size`` (default 16), ``threads``
 (torch threads; default: all cores), ``device`` (``cpu``/``cuda``; default: CUDA if present), ``dtype``
-(default float32 on CPU, bfloat16 on CUDA). Like vLLM, it samples from the whole vocabulary (no top-k), counts
-the end-of-sequence token in a finished answer's tokens and stops a sequence once a stop string appears.
+(default float32 on CPU, bfloat16 on CUDA). Unlike vLLM it samples from the 50 likeliest tokens (transformers'
+default, which this backend always used); like vLLM it counts the end-of-sequence token in a finished answer's
+tokens and stops a sequence once a stop string appears.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import os
 from psi_ray.backends.base import Generation, Prompt, SamplingParams, flatten_n, render_prompt
 from psi_ray.backends.hf_core import CompletionEngine, GenSettings
 from psi_ray.runtime import default_device
+
+# The hf backend has always sampled with transformers' default top-k of 50 (vLLM and the Serve deployment use the
+# whole vocabulary); kept so that jobs on this backend write what they wrote before the core was shared.
+HF_TOP_K = 50
 
 
 class HFBackend:
@@ -46,7 +51,7 @@ class HFBackend:
         for start in range(0, len(ids), self.batch_size):
             batch = ids[start : start + self.batch_size]
             settings = GenSettings(params.max_tokens, params.temperature, params.top_p, tuple(params.stop or ()),
-                                   None if params.seed is None else params.seed + start)
+                                   None if params.seed is None else params.seed + start, top_k=HF_TOP_K)
             for prompt, c in zip(batch, self.core.generate(batch, [settings] * len(batch)), strict=True):
                 out.append(Generation(c.text, c.finish_reason, len(prompt), len(c.token_ids), token_ids=c.token_ids))
         return out

@@ -30,6 +30,7 @@ class GenSettings:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = field(default=None, compare=False)
+    top_k: int | None = None  # None: the whole vocabulary, as vLLM and the OpenAI API sample
 
 
 @dataclass
@@ -96,7 +97,7 @@ class CompletionEngine:
             mask[i, width - len(p):] = 1
         kwargs = dict(max_new_tokens=s.max_tokens, pad_token_id=self.pad_id)
         if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
             if seed is not None:
                 torch.manual_seed(seed)
         else:
