@@ -349,6 +349,14 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def validated(model: type[BaseModel], data: dict, source: str):
+    """``model`` from ``data``, or one :class:`PsiRayError` line naming every bad field (CLI flags, Serve args)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PsiRayError(format_validation_error(exc, source).replace("\n", " ")) from None
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> JobConfig:
     """Read and validate a job YAML; raise :class:`PsiRayError` listing every problem at once."""
     path = Path(path)

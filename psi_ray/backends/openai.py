@@ -225,10 +225,10 @@ class OpenAIBackend:
         return [Generation(text="", error=message) for _ in range(n)]
 
     def _excerpt(self, text: str) -> str:
-        return self._scrub(" ".join(text.split())[:_ERROR_BODY_CHARS]) or "(empty body)"
+        return _excerpt(text, self._scrub)
 
     def _describe(self, exc: Exception) -> str:
-        return self._scrub(" ".join(str(exc).split())) or type(exc).__name__
+        return _describe(exc, self._scrub)
 
     def _scrub(self, text: str) -> str:
         """Hide the API key should a server (or an exception) echo it back."""
@@ -254,15 +254,24 @@ def served_models(base_url: str, api_key: str | None = None, timeout: float = 10
     try:
         resp = (client or httpx).get(url, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise PsiRayError(f"cannot reach OpenAI-compatible endpoint at {url}: "
-                          f"{scrub_key(' '.join(str(exc).split())) or type(exc).__name__}") from None
-    excerpt = scrub_key(" ".join(resp.text.split())[:_ERROR_BODY_CHARS]) or "(empty body)"
+        raise PsiRayError(f"cannot reach OpenAI-compatible endpoint at {url}: {_describe(exc, scrub_key)}") from None
+    excerpt = _excerpt(resp.text, scrub_key)
     if resp.status_code != 200:
         raise PsiRayError(f"OpenAI-compatible endpoint at {url} answered HTTP {resp.status_code}: {excerpt}")
     try:
         return [m["id"] for m in resp.json()["data"]]
     except (ValueError, KeyError, TypeError):
         raise PsiRayError(f"OpenAI-compatible endpoint at {url} sent an unreadable model list: {excerpt}") from None
+
+
+def _excerpt(text: str, scrub) -> str:
+    """A response body as one short line, any key hidden."""
+    return scrub(" ".join(text.split())[:_ERROR_BODY_CHARS]) or "(empty body)"
+
+
+def _describe(exc: Exception, scrub) -> str:
+    """An exception as one line, any key hidden."""
+    return scrub(" ".join(str(exc).split())) or type(exc).__name__
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

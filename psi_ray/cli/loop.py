@@ -6,14 +6,12 @@ import signal
 import threading
 from pathlib import Path
 
-from psi_ray.errors import PsiRayError
-
 
 def cmd_train(args) -> int:
     """Fine-tune a target model M_t on a psi-ray dataset with Ray Train; re-running the same command resumes
     from the last checkpoint. Writes an HF model folder (LoRA merged) to OUT/model, or to RUN_DIR/model when
     given a run directory and no --out, as a run's train stage does."""
-    from psi_ray.config import TrainSpec
+    from psi_ray.config import TrainSpec, validated
     from psi_ray.rundir import StageDir, model_dir
     from psi_ray.train import train
     from psi_ray.train.run import resolve_dataset
@@ -22,7 +20,7 @@ def cmd_train(args) -> int:
     fields = {name: getattr(args, dest) for name, dest in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     if args.gpu and args.strategy is None:
         fields["strategy"] = "deepspeed"  # ZeRO in bf16 is the GPU default
-    spec = _validated(TrainSpec, fields)
+    spec = validated(TrainSpec, fields, "arguments")
     run_dir = Path(args.source) if Path(args.source).is_dir() and not args.out else None
     out = Path(args.out) if args.out else (StageDir.named(run_dir, "train").path if run_dir
                                            else dataset.parent / "train")
@@ -74,17 +72,6 @@ def cmd_eval(args) -> int:
 
 def _slug(target: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in target.rstrip("/").split("/")[-1]) or "model"
-
-
-def _validated(model, data: dict):
-    from pydantic import ValidationError
-
-    from psi_ray.config import format_validation_error
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise PsiRayError(format_validation_error(exc, "arguments").replace("\n", " ")) from None
 
 
 # TrainSpec fields the train verb takes as flags (field -> argparse dest); help, type, choices and default of each

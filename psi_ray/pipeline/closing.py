@@ -41,22 +41,30 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
     reports = {label: evaluate(model, ec.tasks, sd.path / SAMPLES_DIR / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens,
                                       concurrency=ec.concurrency)
                for label, model in models.items()}
+    rows = score_rows(reports)
     scores = table(reports)
     atomic_write_text(sd.path / STAGE_SCORES, json.dumps(
         {"limit": ec.limit, "tasks": scores, "models": {k: v["model"] for k, v in reports.items()},
          "main_metric": {t: TASKS[t].main_metric for t in ec.tasks}}, indent=2))
-    rows = [{"task": key.split(" ", 1)[0], "metric": key.split(" ", 1)[1], "model": label, "value": value}
-            for key, by_model in scores.items() for label, value in by_model.items()]
     return StageResult(rows, {"scores": scores, "limit": ec.limit})
+
+
+def score_rows(reports: dict[str, dict]) -> list[dict]:
+    """One row per task, metric and model (the eval stage's table); lm-eval's ``"name,filter"`` metric keys
+    read as ``"name (filter)"``."""
+    rows = []
+    for label, report in reports.items():
+        for task, metrics in report["tasks"].items():
+            for metric, value in metrics.items():
+                name, _, flt = metric.partition(",")
+                rows.append({"task": task, "metric": name + (f" ({flt})" if flt and flt != "none" else ""),
+                             "model": label, "value": value})
+    return rows
 
 
 def table(reports: dict[str, dict]) -> dict[str, dict[str, float]]:
     """``{"<task> <metric>": {"base": x, "finetuned": y}}`` from each model's ``evaluate`` report."""
     out: dict[str, dict[str, float]] = {}
-    for label, report in reports.items():
-        for task, metrics in report["tasks"].items():
-            for metric, value in metrics.items():
-                name, _, flt = metric.partition(",")
-                key = f"{task} {name}" + (f" ({flt})" if flt and flt != "none" else "")
-                out.setdefault(key, {})[label] = value
+    for row in score_rows(reports):
+        out.setdefault(f"{row['task']} {row['metric']}", {})[row["model"]] = row["value"]
     return out

@@ -33,15 +33,9 @@ class ServeArgs(BaseModel):
     @classmethod
     def parse(cls, data: dict) -> ServeArgs:
         """Validate ``data``; a bad value is one :class:`PsiRayError` line naming its field."""
-        from pydantic import ValidationError
+        from psi_ray.config import validated
 
-        from psi_ray.config import format_validation_error
-        from psi_ray.errors import PsiRayError
-
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise PsiRayError(format_validation_error(exc, "serve arguments").replace("\n", " ")) from None
+        return validated(cls, data, "serve arguments")
 
     def served_name(self, model_path: str) -> str:
         """The id clients send: ``name``, or the resolved model folder's name."""
