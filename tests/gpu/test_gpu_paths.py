@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
+from tests.gpu.conftest import needs
+
 pytestmark = pytest.mark.gpu
 
 
+@needs("vllm")
 def test_vllm_cuda_generates_bf16():
     import torch
 
@@ -33,6 +36,7 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(set(zip(a.tolist(), b.tolist(), strict=True))) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
+@needs("cuml", "sklearn")
 @pytest.mark.parametrize("k", [4, 7])
 def test_cuml_kmeans_matches_sklearn_partition(k):
     from psi_ray.stages.cluster import kmeans

@@ -3,9 +3,12 @@
 import httpx
 import pytest
 
+from tests.gpu.conftest import needs
+
 pytestmark = pytest.mark.gpu
 
 
+@needs("ray", "deepspeed")
 def test_deepspeed_zero3_bf16_on_gpu(ray_session, chat_dataset, tmp_path):
     """Trains in bf16, and the ZeRO-3 checkpoint round-trips: the fp32 weights rebuilt from the per-rank
     shards, cast to bf16, equal the gathered bf16 weights the checkpoint's model holds, and the exported
@@ -41,6 +44,7 @@ def test_deepspeed_zero3_bf16_on_gpu(ray_session, chat_dataset, tmp_path):
         assert exported[name].dtype == torch.float32 and torch.equal(exported[name], tensor.float()), name
 
 
+@needs("ray", "vllm")
 def test_vllm_serving_through_ray_serve_llm(ray_session):
     from psi_ray import serve
     from psi_ray.evaluate.run import free_port
