@@ -59,8 +59,14 @@ def _stage_row(sd: StageDir, m: dict) -> dict:
         "started_at": finished - duration if finished is not None else None,
         "measured": "energy_kwh" in e, **{k: float(e.get(k) or 0.0) for k in ENERGY},
         "power_source": e.get("power_source"), "energy_nodes": e.get("nodes"),
-        "tokens": m.get("tokens") or {}, "tiers": sorted((m.get("tokens") or {}).keys()),
+        "tokens": m.get("tokens") or {}, "tiers": sorted({tier_of(k) for k in m.get("tokens") or {}}),
     }
+
+
+def tier_of(token_key: str) -> str:
+    """The tier behind a manifest's token tally key: ``large``, ``generator``, or a use of one, which names it in
+    brackets (the verify stage's ``verify (generator)``)."""
+    return token_key[token_key.rindex("(") + 1:-1] if token_key.endswith(")") and "(" in token_key else token_key
 
 
 def _stages(run_dir: Path) -> tuple[list[dict], list[dict], dict]:
@@ -91,8 +97,8 @@ def _tokens(stages: list[dict], models: dict) -> tuple[dict, list[dict]]:
     per_stage = []
     for s in stages:
         for tier, t in s["tokens"].items():
-            agg = tiers.setdefault(tier, {"tier": tier, "label": TIERS.get(tier, tier), "model": models.get(tier),
-                                          "requests": 0, "prompt_tokens": 0, "output_tokens": 0,
+            agg = tiers.setdefault(tier, {"tier": tier, "label": TIERS.get(tier, tier),
+                                          "model": models.get(tier_of(tier)), "requests": 0, "prompt_tokens": 0, "output_tokens": 0,
                                           "duration_s": 0.0, "stages": []})
             for k in ("requests", "prompt_tokens", "output_tokens"):
                 agg[k] += int(t.get(k) or 0)

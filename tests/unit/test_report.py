@@ -215,6 +215,22 @@ def test_html_is_self_contained(runs):
     assert "<link" not in page and "<script" not in page and 'src="http' not in page
 
 
+def test_a_run_with_the_verify_stage_reports_it_on_its_tier(runs):
+    """Stage 5b tallies its tokens as ``verify (generator)``: the stage is drawn and listed as an M_g stage and
+    its tokens are credited to the generator's model (a run with verify on once failed to report, KeyError)."""
+    psi = runs[0]
+    StageDir(psi, 5, "verify").write_manifest(
+        {"stage": "verify", "digest": "d", "seed": 0, "method": "psi", "rows": 4, "errors": 0, "checked": 2,
+         "finished_at": 1_700_000_200.0, "energy": energy(0.001),
+         "tokens": {"verify (generator)": {"requests": 4, "prompt_tokens": 100, "output_tokens": 60}}})
+    run = collect.collect(psi)
+    [verify] = [s for s in run["stages"] if s["folder"] == "05_verify"]
+    assert verify["tiers"] == ["generator"]
+    assert run["tokens"]["verify (generator)"]["model"] == "smollm2-135m"
+    md = write_report(psi)["markdown"].read_text()
+    assert "| 05_verify | M_g |" in md
+
+
 def test_report_modules_do_not_import_matplotlib():
     code = ("import sys, psi_ray, psi_ray.cli, psi_ray.cli.pipeline, psi_ray.cli.report, psi_ray.report, "
             "psi_ray.report.collect, psi_ray.report.render; psi_ray.cli.build_parser(); "
