@@ -178,8 +178,8 @@ def submit_until_first_shard(cluster, job, stage):
 
 
 def test_worker_node_killed_during_instances(cluster, tmp_path):
-    count = 24
-    job = write_job(tmp_path, "failover", method="student", count=count, max_tokens=64)
+    count = 12
+    job = write_job(tmp_path, "failover", method="student", count=count, max_tokens=32)
     stage = tmp_path / "runs" / "failover-student" / "05_instances"
     client, job_id = submit_until_first_shard(cluster, job, stage)
     parts_before = len(list(stage.glob("part-*.parquet")))
@@ -212,8 +212,8 @@ def test_worker_node_killed_during_instances(cluster, tmp_path):
 
 def test_stopped_job_resumes_on_resubmit(cluster, tmp_path):
     """The driver dies mid-way (``ray job stop``): re-submitting the same job re-does only unfinished shards."""
-    count = 16
-    job = write_job(tmp_path, "restart", method="student", count=count, max_tokens=48)
+    count = 12
+    job = write_job(tmp_path, "restart", method="student", count=count, max_tokens=32)
     stage = tmp_path / "runs" / "restart-student" / "05_instances"
     client, job_id = submit_until_first_shard(cluster, job, stage)
     client.stop_job(job_id)

@@ -22,9 +22,9 @@ runs_dir: runs
 task: {{adapter: gsm8k, seeds: {seeds}, num_seeds: 8}}
 generator: {{model: smollm2-135m, backend: hf, batch_size: 4, options: {{batch_size: 4}}}}
 instances:
-  count: 16
+  count: 12
   examples_per_prompt: 1
-  sampling: {{temperature: 0.7, max_tokens: 40}}
+  sampling: {{temperature: 0.7, max_tokens: 32}}
 shard_size: 4
 carbon: {{enabled: false}}
 """
@@ -47,7 +47,7 @@ def test_kill_and_resume(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     parts_before = sorted(p.name for p in stage.glob("part-*.parquet"))
-    assert 1 <= len(parts_before) < 4, (tmp_path / "first.log").read_text()[-3000:]
+    assert 1 <= len(parts_before) < 3, (tmp_path / "first.log").read_text()[-3000:]
     assert not (stage / "_manifest.json").exists()
     seeds_manifest = (tmp_path / "runs" / "resume-student" / "00_seeds" / "_manifest.json").read_text()
     part_bytes = {p: (stage / p).read_bytes() for p in parts_before}
@@ -71,6 +71,6 @@ def test_kill_and_resume(tmp_path):
     import pyarrow.parquet as pq
 
     ids = [i for p in sorted(stage.glob("part-*.parquet")) for i in pq.read_table(p).column("id").to_pylist()]
-    assert sorted(ids) == [f"inst-{i:07d}" for i in range(16)]
+    assert sorted(ids) == [f"inst-{i:07d}" for i in range(12)]
     manifest = json.loads((stage / "_manifest.json").read_text())
-    assert manifest["resumed_shards"] == len(parts_before) and manifest["rows"] == 16
+    assert manifest["resumed_shards"] == len(parts_before) and manifest["rows"] == 12

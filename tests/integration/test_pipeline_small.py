@@ -20,23 +20,28 @@ expand: {{variants_per_seed: 1, sampling: {{max_tokens: 48}}}}
 principles: {{subsets: 2, subset_size: 3, sampling: {{max_tokens: 64}}}}
 cluster: {{num_clusters: 1}}  # one valid principle is all a 135M model reliably writes
 summarize: {{sampling: {{max_tokens: 40}}}}
-instances: {{count: 8, samples_per_prompt: 2, sampling: {{max_tokens: 64}}}}
+instances: {{count: 8, samples_per_prompt: 2, examples_per_prompt: 1, sampling: {{max_tokens: 64}}}}
 shard_size: 4
 """
 
 
-@pytest.mark.parametrize("adapter,seeds", [
-    ("gsm8k", ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl"),
-    ("mmlu", SHARED_DATA / "mmlu" / "dev"),
+VERIFY = "verify: {enabled: true, tier: generator, samples: 2, sampling: {max_tokens: 48}}\n"
+
+
+@pytest.mark.parametrize("adapter,seeds,verify", [
+    ("gsm8k", ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl", True),
+    ("mmlu", SHARED_DATA / "mmlu" / "dev", False),
 ])
-def test_small_psi_run(tmp_path, adapter, seeds):
+def test_small_psi_run(tmp_path, adapter, seeds, verify):
+    """The whole loop up to the dataset; on GSM8K with stage 5b, which re-solves each checkable instance, and
+    the filter rejects exactly the rows whose majority answer was not their own, and counts them."""
     job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(adapter=adapter, seeds=seeds))
+    job.write_text(JOB.format(adapter=adapter, seeds=seeds) + (VERIFY if verify else ""))
     res = run_cli("run", str(job), timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = tmp_path / "runs" / "small-psi"
-    names = ["00_seeds", "01_expand", "02_principles", "03_cluster", "04_summarize", "05_instances", "06_filter",
-             "07_dataset"]
+    names = ["00_seeds", "01_expand", "02_principles", "03_cluster", "04_summarize", "05_instances",
+             *(["05_verify"] if verify else []), "06_filter", "07_dataset"]
     import pandas as pd
 
     for n in names:
@@ -58,37 +63,27 @@ def test_small_psi_run(tmp_path, adapter, seeds):
     assert high and all(f"**{h}**" in card for h in high)  # the card lists every high-level principle
     tree = run_cli("principles", str(run))
     assert tree.returncode == 0 and "H00" in tree.stdout
+    f = json.loads((run / "06_filter" / "_manifest.json").read_text())
+    assert set(f["decontaminated_against"]) == {"gsm8k", "mmlu"}
+    if verify:
+        v = json.loads((run / "05_verify" / "_manifest.json").read_text())
+        rows = StageDir(run, 5, "verify").read()
+        assert len(rows) == 8 and v["rows"] == 8 and v["checked"] == sum(r["verified"] is not None for r in rows)
+        assert v["tokens"]["verify (generator)"]["requests"] == 2 * v["checked"]
+        assert f["rejected"].get("unverified", 0) == v["disagreed"]
 
 
-def test_generic_run_writes_no_gsm8k_labels(tmp_path):
-    """The generic adapter's own labels shape the prompts; no kept row carries another adapter's labels."""
-    job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(adapter="generic", seeds="builtin:generic_seeds.jsonl"))
-    res = run_cli("run", str(job), "--no-report", timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    from psi_ray.rundir import StageDir
-
-    run = tmp_path / "runs" / "small-psi"
-    inst = StageDir(run, 5, "instances").read()
-    assert all(r["instruction"] == "" or "Question:" not in r["instruction"] for r in inst)
-    import pyarrow.parquet as pq
-
-    for row in pq.read_table(run / "07_dataset" / "data.parquet").to_pylist():
-        for m in row["messages"]:
-            assert "Question:" not in m["content"] and "Answer:" not in m["content"]
-
-
-def test_verify_stage_and_principles_from_a_file(tmp_path):
-    """Curated principles skip M_L; stage 5b re-solves each checkable instance; the filter rejects exactly the
-    rows whose majority answer was not their own, and counts them."""
+def test_generic_run_with_principles_from_a_file(tmp_path):
+    """The generic adapter end to end with curated principles, which skip M_L (its stages run above): a
+    repetitive principle is rejected and counted; the generic labels shape the prompts, and no kept row carries
+    another adapter's labels."""
     principles = tmp_path / "principles.yaml"
-    principles.write_text("- Write every calculation as an equation and check its result.\n"
-                          "- Read the question twice and list the quantities it gives.\n"
-                          "- Study how new problems solve a classic classic classic classic step.\n")
+    principles.write_text("- Answer exactly what the instruction asks, in full sentences.\n"
+                          "- Keep every fact in the answer consistent with the instruction.\n"
+                          "- Study how new answers answer a classic classic classic classic step.\n")
     job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(adapter="gsm8k", seeds=ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl")
-                   .replace("principles: {subsets: 2", f"principles: {{source: file, file: {principles}, subsets: 2")
-                   + "verify: {enabled: true, tier: generator, samples: 2, sampling: {max_tokens: 48}}\n")
+    job.write_text(JOB.format(adapter="generic", seeds="builtin:generic_seeds.jsonl")
+                   .replace("principles: {subsets: 2", f"principles: {{source: file, file: {principles}, subsets: 2"))
     res = run_cli("run", str(job), "--no-report", timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     from psi_ray.rundir import StageDir
@@ -98,10 +93,11 @@ def test_verify_stage_and_principles_from_a_file(tmp_path):
     assert low["kept"] == 2 and low["rejected"] == {"repetition": 1}
     assert not (run / "01_expand").exists() and not (run / "03_cluster").exists()
     assert [h["principle_id"] for h in StageDir(run, 4, "summarize").read()] == ["H00", "H01"]
-    v = json.loads((run / "05_verify" / "_manifest.json").read_text())
-    rows = StageDir(run, 5, "verify").read()
-    assert len(rows) == 8 and v["rows"] == 8 and v["checked"] == sum(r["verified"] is not None for r in rows)
-    assert v["tokens"]["verify (generator)"]["requests"] == 2 * v["checked"]
-    f = json.loads((run / "06_filter" / "_manifest.json").read_text())
-    assert f["rejected"].get("unverified", 0) == v["disagreed"]
-    assert set(f["decontaminated_against"]) == {"gsm8k", "mmlu"}
+    inst = StageDir(run, 5, "instances").read()
+    assert len(inst) == 8 and all(set(r["principle_ids"]) <= {"H00", "H01"} and r["principle_ids"] for r in inst)
+    assert all(r["instruction"] == "" or "Question:" not in r["instruction"] for r in inst)
+    import pyarrow.parquet as pq
+
+    for row in pq.read_table(run / "07_dataset" / "data.parquet").to_pylist():
+        for m in row["messages"]:
+            assert "Question:" not in m["content"] and "Answer:" not in m["content"]
