@@ -16,6 +16,10 @@ from psi_ray.backends.base import cut_at_stop
 from psi_ray.errors import require
 from psi_ray.runtime import default_device
 
+# Below this temperature a request is greedy, as vLLM treats it; dividing logits by 1e-45 would overflow them to
+# inf and fail the whole batch the request shares.
+SAMPLING_EPS = 1e-5
+
 
 @dataclass(frozen=True)
 class GenSettings:
@@ -96,7 +100,7 @@ class CompletionEngine:
             ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p):] = 1
         kwargs = dict(max_new_tokens=s.max_tokens, pad_token_id=self.pad_id)
-        if s.temperature > 0:
+        if s.temperature >= SAMPLING_EPS:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
             if seed is not None:
                 torch.manual_seed(seed)

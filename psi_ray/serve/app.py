@@ -17,6 +17,7 @@ or a KubeRay RayService ``import_path``); ``psi-ray serve MODEL_DIR`` calls :fun
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 
@@ -56,6 +57,24 @@ async def _api_error(request: Request, exc: APIError):
 BATCH_WAIT_S = 0.5
 
 
+def generate_isolated(generate, jobs: list[tuple[list[int], GenSettings]]) -> list:
+    """``generate(prompts, settings)`` on the batch in one call; if that fails, on each job alone, so a request
+    that breaks the engine fails by itself: its exception is returned in its place, and the endpoint raises it
+    to that caller only. Requests are validated first; this guards against what validation did not foresee."""
+    try:
+        return generate([j[0] for j in jobs], [j[1] for j in jobs])
+    except Exception:
+        if len(jobs) == 1:
+            raise
+    out: list = []
+    for ids, settings in jobs:
+        try:
+            out += generate([ids], [settings])
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=10)
 @serve.ingress(api)
 class OpenAIServer:
@@ -75,8 +94,16 @@ class OpenAIServer:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
     async def generate_batch(self, jobs: list[tuple[list[int], GenSettings]]):
-        return await asyncio.to_thread(self._locked, self.engine.generate, [j[0] for j in jobs],
-                                       [j[1] for j in jobs])
+        return await asyncio.to_thread(generate_isolated, functools.partial(self._locked, self.engine.generate),
+                                       jobs)
+
+    async def _generate(self, jobs: list[tuple[list[int], GenSettings]]) -> list:
+        """This request's completions, batched with whatever other requests are waiting."""
+        done = await asyncio.gather(*(self.generate_batch(j) for j in jobs), return_exceptions=True)
+        failed = next((c for c in done if isinstance(c, Exception)), None)
+        if failed is not None:
+            raise APIError(500, f"generation failed for this request: {failed}", kind="server_error")
+        return done
 
     def _locked(self, fn, *args):
         with self._lock:
@@ -105,7 +132,7 @@ class OpenAIServer:
                 raise APIError(400, "max_tokens 0 is only allowed with echo", param="max_tokens")
         settings = GenSettings(req.max_tokens, req.temperature, req.top_p, req.stops(), req.seed)
         jobs = [(ids, settings) for ids in prompts for _ in range(req.n)]
-        done = await asyncio.gather(*(self.generate_batch(j) for j in jobs))
+        done = await self._generate(jobs)
         choices = []
         for i, ((ids, _), c) in enumerate(zip(jobs, done, strict=True)):
             text = (self.engine.decode(ids) if req.echo else "") + c.text
@@ -131,7 +158,7 @@ class OpenAIServer:
             raise APIError(400, "max_tokens must be at least 1", param="max_tokens")
         check_budget(len(ids), max_tokens, self.engine.max_model_len)
         settings = GenSettings(max_tokens, req.temperature, req.top_p, req.stops(), req.seed)
-        done = await asyncio.gather(*(self.generate_batch((ids, settings)) for _ in range(req.n)))
+        done = await self._generate([(ids, settings)] * req.n)
         choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
                     "finish_reason": c.finish_reason, "_tokens": len(c.token_ids)} for i, c in enumerate(done)]
         return completion_response(self.name, choices, len(ids), kind="chat.completion")

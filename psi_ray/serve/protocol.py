@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_TOP_LOGPROBS = 20
+INT64 = 2**63  # seeds outside [-2**63, 2**63) cannot seed a generator (torch and vLLM refuse them)
 
 
 class APIError(Exception):
@@ -37,7 +38,7 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stream: bool = False
 
     @field_validator("stream")
@@ -94,8 +95,10 @@ def parse(body: bytes, schema: type[BaseModel]):
     """Raw request bytes → a validated request, or an :class:`APIError` that says what is wrong."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: malformed, or an integer past 4,300 digits
         raise APIError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}")
     try:

@@ -84,6 +84,27 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served):
     assert r.status_code == 200 and r.json()["choices"][0]["text"]
 
 
+def test_poison_requests_fail_alone(served):
+    """Bad requests sent together with 6 normal ones: each bad one gets its own 400, the normal ones their 200
+    (before, a 2**64 seed or a 1e-45 temperature failed the whole batch with 500). A vanishing temperature is
+    greedy, as vLLM treats it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = served
+    normal = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0.7, "seed": 1}
+    bad = [({**normal, "seed": 2**64}, 400), (b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}", 400),
+           (b'{"prompt": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400)]
+    tiny = {**normal, "temperature": 1e-45}
+    bodies = [normal] * 3 + [b for b, _ in bad] + [tiny] + [normal] * 3
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        got = list(pool.map(lambda b: post(url, "/completions", b), bodies))
+    codes = [r.status_code for r in got]
+    assert codes == [200] * 3 + [c for _, c in bad] + [200] + [200] * 3, [r.text[:200] for r in got]
+    assert all(r.json()["error"]["type"] == "invalid_request_error" for r in got[3:6])
+    greedy = post(url, "/completions", {**normal, "temperature": 0}).json()["choices"][0]["text"]
+    assert got[6].json()["choices"][0]["text"] == greedy
+
+
 def test_openai_surface(served):
     url, _ = served
     models = httpx.get(f"{url}/models", headers={"Authorization": "Bearer test-key-123"}).json()

@@ -41,3 +41,25 @@ def test_stop_strings_cut_the_text(engine):
     cut = engine.generate([p], [GenSettings(max_tokens=12, temperature=0, stop=(stop,))])[0]
     assert cut.finish_reason == "stop" and stop not in cut.text and free.text.startswith(cut.text)
     assert engine.generate([p], [GenSettings(max_tokens=0)])[0].text == ""
+
+
+def test_a_vanishing_temperature_is_greedy(engine):
+    """vLLM's rule: below 1e-5 a request is greedy; sampling at 1e-45 would divide the logits into inf."""
+    p = engine.encode("Question: What is")
+    greedy = engine.generate([p], [GenSettings(max_tokens=8, temperature=0)])[0]
+    tiny = engine.generate([p], [GenSettings(max_tokens=8, temperature=1e-45)])[0]
+    assert tiny.token_ids == greedy.token_ids
+
+
+def test_a_request_that_breaks_the_engine_fails_alone(engine):
+    """The Serve replica's batch: one job the engine cannot run (a seed past 64 bits slipped past validation)
+    gets its exception in its place; the jobs batched with it are answered as if it had not been there."""
+    from psi_ray.serve.app import generate_isolated
+
+    p = engine.encode("Question: What is")
+    good = GenSettings(max_tokens=4, temperature=0.8, seed=7)
+    poison = GenSettings(max_tokens=4, temperature=0.8, seed=2**64)  # equal settings: one batch with the others
+    out = generate_isolated(engine.generate, [(p, poison), (p, good), (p, good)])
+    assert isinstance(out[0], ValueError) and "Overflow" in str(out[0])
+    alone = engine.generate([p], [good])[0]
+    assert [c.token_ids for c in out[1:]] == [alone.token_ids] * 2

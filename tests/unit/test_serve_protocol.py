@@ -21,6 +21,9 @@ def status(body: bytes, schema=CompletionRequest):
     (b'{"prompt": "x", "logprobs": 99}', "logprobs", "less than or equal"),
     (b'{"prompt": "x", "stream": true}', "stream", "streaming is not supported"),
     (b'\xff\xfe', None, "not valid JSON"),
+    (b'{"prompt": "x", "seed": 18446744073709551616}', "seed", "less than"),
+    (b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}", None, "not valid JSON"),
+    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "nested too deeply"),
 ])
 def test_bad_completion_requests(body, param, words):
     err = status(body)
