@@ -141,9 +141,11 @@ def _run_lm_eval(spec: Task, base_url: str, name: str, tokenizer: str | None, in
     old_key = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = api_key  # lm-eval's local API models read the bearer key from here
     try:
+        # Only psi-ray's own task files: indexing lm-eval's ~14,700 built-in tasks took 10 s per call here.
+        tasks = TaskManager(include_path=str(include), include_defaults=False)
         return lm_eval.simple_evaluate(
-            model=model, model_args=args, tasks=[spec.lm_eval_name], task_manager=TaskManager(include_path=str(include)),
-            limit=limit, apply_chat_template=spec.kind == "generate", log_samples=True,
+            model=model, model_args=args, tasks=[spec.lm_eval_name], task_manager=tasks, limit=limit,
+            apply_chat_template=spec.kind == "generate", log_samples=True,
             gen_kwargs=f"max_gen_toks={max_gen_tokens}" if spec.kind == "generate" else None)
     except Exception as exc:
         raise PsiRayError(f"lm-eval failed on {spec.lm_eval_name}: {last_line(exc)}") from None

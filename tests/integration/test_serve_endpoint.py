@@ -39,7 +39,7 @@ def test_loglikelihoods_match_lm_eval_hf(served, tmp_path):
     from psi_ray.evaluate.run import write_task_dir
 
     url, model_dir = served
-    tasks = TaskManager(include_path=str(write_task_dir(tmp_path / "tasks")))
+    tasks = TaskManager(include_path=str(write_task_dir(tmp_path / "tasks")), include_defaults=False)
     os.environ["OPENAI_API_KEY"] = os.environ[KEY_ENV]
     try:
         api = lm_eval.simple_evaluate(
