@@ -40,7 +40,7 @@ def cmd_serve(args) -> int:
 
     url = serve.start(args.model, host=args.host, port=args.port, name=args.name, engine=args.engine,
                       api_key_env=args.api_key_env, threads=args.threads, max_batch_size=args.max_batch_size,
-                      num_cpus=args.num_cpus)
+                      num_cpus=args.num_cpus, allow_no_key=args.allow_no_key)
     print(f"serving {args.model} at {url} (Ctrl-C to stop)", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -126,6 +126,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads in the replica (default: all cores)")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs the replica reserves from Ray (default 1)")
     p.add_argument("--max-batch-size", type=int, default=64, help="requests batched into one generate call")
+    p.add_argument("--allow-no-key", action="store_true",
+                   help="serve on a non-loopback --host without --api-key-env (refused otherwise)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="score an endpoint or model with lm-eval", description=cmd_eval.__doc__)

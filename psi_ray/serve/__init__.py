@@ -13,8 +13,25 @@ from psi_ray.errors import PsiRayError, last_line
 APP_NAME = "psi-ray"
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def base_url(host: str, port: int) -> str:
+    """The ``/v1`` URL a client on this machine uses: a wildcard bind is reached on loopback, IPv6 in brackets."""
+    reach = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{reach}]' if ':' in reach else reach}:{port}/v1"
+
+
+def check_exposure(host: str, api_key_env: str | None, allow_no_key: bool) -> None:
+    """Refuse to serve beyond this machine without a key unless the user says so (``--allow-no-key``)."""
+    if host not in LOOPBACK and not api_key_env and not allow_no_key:
+        raise PsiRayError(f"--host {host} serves the model to the network without a key: pass --api-key-env VAR "
+                          "(hf engine), or --allow-no-key to serve it open on purpose")
+
+
 def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-          engine: str = "auto", api_key_env: str | None = None, timeout_s: float = 600, **options) -> str:
+          engine: str = "auto", api_key_env: str | None = None, timeout_s: float = 600,
+          allow_no_key: bool = False, **options) -> str:
     """Deploy the app on the connected (or a new local) Ray instance; return its ``/v1`` base URL when ready."""
     import os
 
@@ -27,10 +44,11 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
 
     args = ServeArgs.parse({"model": model, "name": name, "engine": engine, "api_key_env": api_key_env,
                             **{k: v for k, v in options.items() if v is not None}})
+    check_exposure(host, api_key_env, allow_no_key)
     app = build_app(args)
     init_ray()
     serve.start(http_options={"host": host, "port": port})
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/v1"
+    url = base_url(host, port)
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         wait_ready(url, args.served_name(resolve_model(model)), timeout_s,

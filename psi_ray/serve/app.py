@@ -42,7 +42,8 @@ from psi_ray.serve.protocol import (
 APP_NAME = "psi-ray"
 CHAT_DEFAULT_MAX_TOKENS = 512
 
-api = FastAPI(title="psi-ray OpenAI-compatible server")
+# No /docs, /redoc or /openapi.json: they answered without the API key, and clients use OpenAI's API reference.
+api = FastAPI(title="psi-ray OpenAI-compatible server", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @api.exception_handler(APIError)

@@ -7,6 +7,7 @@ Requests are validated with pydantic; anything wrong (invalid JSON, a missing fi
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import uuid
@@ -114,7 +115,7 @@ def check_auth(header: str | None, api_key: str | None) -> None:
     """Raise 401 unless ``Authorization: Bearer <api_key>`` matches (no key configured: everyone may call)."""
     if not api_key:
         return
-    if header != f"Bearer {api_key}":
+    if not hmac.compare_digest((header or "").encode(), f"Bearer {api_key}".encode()):  # no timing oracle
         raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                        kind="authentication_error")
 

@@ -75,8 +75,9 @@ def test_small_psi_run(tmp_path, adapter, seeds, verify):
 
 def test_generic_run_with_principles_from_a_file(tmp_path):
     """The generic adapter end to end with curated principles, which skip M_L (its stages run above): a
-    repetitive principle is rejected and counted; the generic labels shape the prompts, and no kept row carries
-    another adapter's labels."""
+    repetitive principle is rejected and counted, and no kept row carries another adapter's labels. (The model
+    may write "Question:" into an instance, as the 135M model once did; the filter must keep it out of the
+    dataset. The prompts' own labels are pinned by the golden prompts.)"""
     principles = tmp_path / "principles.yaml"
     principles.write_text("- Answer exactly what the instruction asks, in full sentences.\n"
                           "- Keep every fact in the answer consistent with the instruction.\n"
@@ -95,7 +96,6 @@ def test_generic_run_with_principles_from_a_file(tmp_path):
     assert [h["principle_id"] for h in StageDir(run, 4, "summarize").read()] == ["H00", "H01"]
     inst = StageDir(run, 5, "instances").read()
     assert len(inst) == 8 and all(set(r["principle_ids"]) <= {"H00", "H01"} and r["principle_ids"] for r in inst)
-    assert all(r["instruction"] == "" or "Question:" not in r["instruction"] for r in inst)
     import pyarrow.parquet as pq
 
     for row in pq.read_table(run / "07_dataset" / "data.parquet").to_pylist():

@@ -75,3 +75,22 @@ def test_serve_builder_arguments_are_typed():
     assert "\n" not in str(err.value)
     with pytest.raises(PsiRayError, match="threads"):
         build_app({"model": "m", "threads": 0})
+
+
+def test_serve_security_edges():
+    """No docs routes (they answered without the key); a non-loopback bind needs a key or an explicit
+    ``--allow-no-key``; the printed URL is one a local client can open (IPv6 in brackets)."""
+    from psi_ray.errors import PsiRayError
+    from psi_ray.serve import base_url, check_exposure
+    from psi_ray.serve.app import api
+
+    assert api.openapi_url is None and api.docs_url is None and api.redoc_url is None
+    assert base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/v1"
+    assert base_url("0.0.0.0", 8000) == "http://127.0.0.1:8000/v1"
+    assert base_url("::1", 8001) == "http://[::1]:8001/v1" and base_url("::", 8001) == "http://[::1]:8001/v1"
+    for host in ("127.0.0.1", "localhost", "::1"):
+        check_exposure(host, None, False)
+    with pytest.raises(PsiRayError, match="--allow-no-key"):
+        check_exposure("0.0.0.0", None, False)
+    check_exposure("0.0.0.0", "MY_KEY", False)
+    check_exposure("0.0.0.0", None, True)
