@@ -98,8 +98,8 @@ def _tokens(stages: list[dict], models: dict) -> tuple[dict, list[dict]]:
     for s in stages:
         for tier, t in s["tokens"].items():
             agg = tiers.setdefault(tier, {"tier": tier, "label": TIERS.get(tier, tier),
-                                          "model": models.get(tier_of(tier)), "requests": 0, "prompt_tokens": 0, "output_tokens": 0,
-                                          "duration_s": 0.0, "stages": []})
+                                          "model": models.get(tier_of(tier)), "requests": 0, "prompt_tokens": 0,
+                                          "output_tokens": 0, "duration_s": 0.0, "stages": []})
             for k in ("requests", "prompt_tokens", "output_tokens"):
                 agg[k] += int(t.get(k) or 0)
             agg["duration_s"] += s["duration_s"]
