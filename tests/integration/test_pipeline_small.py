@@ -16,8 +16,10 @@ runs_dir: runs
 task: {{adapter: {adapter}, seeds: {seeds}, num_seeds: 8}}
 large: {{model: smollm2-135m, backend: hf, options: {{batch_size: 8}}}}
 generator: {{model: smollm2-135m, backend: hf, options: {{batch_size: 8}}}}
-expand: {{variants_per_seed: 1, sampling: {{max_tokens: 48}}}}
-principles: {{subsets: 2, subset_size: 3, sampling: {{max_tokens: 64}}}}
+expand: {{variants_per_seed: {variants}, sampling: {{max_tokens: 48}}}}
+# 4 subsets: one in six of the 135M model's subsets yields no valid principle (2 of 12 in a measured run), so
+# 2 subsets failed the run about once in 36 (it did, in CI); 4 make that about once in 1,300
+principles: {{subsets: 4, subset_size: 3, sampling: {{max_tokens: 64}}}}
 cluster: {{num_clusters: 1}}  # one valid principle is all a 135M model reliably writes
 summarize: {{sampling: {{max_tokens: 40}}}}
 instances: {{count: 8, samples_per_prompt: 2, examples_per_prompt: 1, sampling: {{max_tokens: 64}}}}
@@ -28,15 +30,17 @@ shard_size: 4
 VERIFY = "verify: {enabled: true, tier: generator, samples: 2, sampling: {max_tokens: 48}}\n"
 
 
-@pytest.mark.parametrize("adapter,seeds,verify", [
-    ("gsm8k", ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl", True),
-    ("mmlu", SHARED_DATA / "mmlu" / "dev", False),
+@pytest.mark.parametrize("adapter,seeds,variants,verify", [
+    ("gsm8k", ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl", 1, True),
+    ("mmlu", SHARED_DATA / "mmlu" / "dev", 0, False),
 ])
-def test_small_psi_run(tmp_path, adapter, seeds, verify):
-    """The whole loop up to the dataset; on GSM8K with stage 5b, which re-solves each checkable instance, and
-    the filter rejects exactly the rows whose majority answer was not their own, and counts them."""
+def test_small_psi_run(tmp_path, adapter, seeds, variants, verify):
+    """The whole loop up to the dataset; on GSM8K with M_g's seed variants and stage 5b, which re-solves each
+    checkable instance, and the filter rejects exactly the rows whose majority answer was not their own, and
+    counts them. On MMLU D_initial is the seeds alone (the expand prompt and its parsing are unit-tested), which
+    keeps the suite a minute shorter."""
     job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(adapter=adapter, seeds=seeds) + (VERIFY if verify else ""))
+    job.write_text(JOB.format(adapter=adapter, seeds=seeds, variants=variants) + (VERIFY if verify else ""))
     res = run_cli("run", str(job), timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = tmp_path / "runs" / "small-psi"
@@ -83,8 +87,8 @@ def test_generic_run_with_principles_from_a_file(tmp_path):
                           "- Keep every fact in the answer consistent with the instruction.\n"
                           "- Study how new answers answer a classic classic classic classic step.\n")
     job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(adapter="generic", seeds="builtin:generic_seeds.jsonl")
-                   .replace("principles: {subsets: 2", f"principles: {{source: file, file: {principles}, subsets: 2"))
+    job.write_text(JOB.format(adapter="generic", seeds="builtin:generic_seeds.jsonl", variants=1)
+                   .replace("principles: {subsets: 4", f"principles: {{source: file, file: {principles}, subsets: 4"))
     res = run_cli("run", str(job), "--no-report", timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     from psi_ray.rundir import StageDir
