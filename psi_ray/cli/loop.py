@@ -40,7 +40,8 @@ def cmd_serve(args) -> int:
 
     url = serve.start(args.model, host=args.host, port=args.port, name=args.name, engine=args.engine,
                       api_key_env=args.api_key_env, threads=args.threads, max_batch_size=args.max_batch_size,
-                      num_cpus=args.num_cpus, allow_no_key=args.allow_no_key)
+                      num_cpus=args.num_cpus, allow_no_key=args.allow_no_key,
+                      request_timeout_s=args.request_timeout, route_prefix=args.route_prefix)
     print(f"serving {args.model} at {url} (Ctrl-C to stop)", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -128,6 +129,10 @@ def register(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=64, help="requests batched into one generate call")
     p.add_argument("--allow-no-key", action="store_true",
                    help="serve on a non-loopback --host without --api-key-env (refused otherwise)")
+    p.add_argument("--route-prefix", default="/", metavar="PATH",
+                   help="serve under http://HOST:PORT/PATH/v1 (default /), so several models share one cluster")
+    p.add_argument("--request-timeout", type=float, default=600, metavar="S",
+                   help="a request still unanswered after S seconds gets 408 (default 600)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="score an endpoint or model with lm-eval", description=cmd_eval.__doc__)

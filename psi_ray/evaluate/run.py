@@ -15,6 +15,7 @@ from psi_ray.errors import PsiRayError, last_line, require
 from psi_ray.rundir import SCORES_FILE
 
 HERE = Path(__file__).parent
+EVAL_ROUTE = "/psi-ray-eval"  # where a model served for scoring lives on the cluster's Serve
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,13 @@ def endpoint(target: str, port: int | None = None, api_key_env: str | None = Non
     from psi_ray.models import resolve_model
 
     model_dir = resolve_model(target)
+    # Its own route, so a model the user serves at / on the same cluster is neither replaced nor in the way.
     url = serve.start(model_dir, port=port or free_port(), api_key_env=api_key_env, engine="hf",
-                      threads=os.cpu_count())
+                      threads=os.cpu_count(), route_prefix=EVAL_ROUTE, request_timeout_s=REQUEST_TIMEOUT_S)
     try:
         yield url, model_dir
     finally:
-        serve.stop()
+        serve.stop(Path(model_dir).name)
 
 
 def served_name(base_url: str, api_key: str | None) -> str:

@@ -10,16 +10,22 @@ import time
 
 from psi_ray.errors import PsiRayError, last_line
 
-APP_NAME = "psi-ray"
-
-
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def base_url(host: str, port: int) -> str:
+_started: list[str] = []  # the Serve applications this process started, newest last
+
+
+def app_name(served: str) -> str:
+    """One Serve application per served model id: starting one model never replaces another's app (with one
+    fixed name, a second ``serve`` or an ``eval`` on the same cluster silently took the first one's place)."""
+    return f"psi-ray-{served}"
+
+
+def base_url(host: str, port: int, route_prefix: str = "/") -> str:
     """The ``/v1`` URL a client on this machine uses: a wildcard bind is reached on loopback, IPv6 in brackets."""
     reach = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://{f'[{reach}]' if ':' in reach else reach}:{port}/v1"
+    return f"http://{f'[{reach}]' if ':' in reach else reach}:{port}{route_prefix.rstrip('/')}/v1"
 
 
 def check_exposure(host: str, api_key_env: str | None, allow_no_key: bool) -> None:
@@ -31,8 +37,15 @@ def check_exposure(host: str, api_key_env: str | None, allow_no_key: bool) -> No
 
 def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
           engine: str = "auto", api_key_env: str | None = None, timeout_s: float = 600,
-          allow_no_key: bool = False, **options) -> str:
-    """Deploy the app on the connected (or a new local) Ray instance; return its ``/v1`` base URL when ready."""
+          allow_no_key: bool = False, request_timeout_s: float | None = 600, route_prefix: str = "/",
+          **options) -> str:
+    """Deploy the app on the connected (or a new local) Ray instance; return its ``/v1`` base URL when ready.
+
+    Each served model id is its own Serve application (:func:`app_name`) at ``route_prefix``; a prefix another
+    application holds is refused by Serve, with its message, rather than taken over.
+
+    ``request_timeout_s``: Serve's proxy answers 408 to a request still unanswered after that long (None: no
+    limit). Like host and port it is fixed when Serve first starts on the cluster."""
     import os
 
     from ray import serve
@@ -45,19 +58,27 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
     args = ServeArgs.parse({"model": model, "name": name, "engine": engine, "api_key_env": api_key_env,
                             **{k: v for k, v in options.items() if v is not None}})
     check_exposure(host, api_key_env, allow_no_key)
+    if not route_prefix.startswith("/"):
+        raise PsiRayError(f"--route-prefix must start with '/', got {route_prefix!r}")
     app = build_app(args)
+    served = args.served_name(resolve_model(model))
     init_ray()
-    serve.start(http_options={"host": host, "port": port})
-    url = base_url(host, port)
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
+    url = base_url(host, port, route_prefix)
+    if app_name(served) in serve.status().applications:
+        raise PsiRayError(f"'{served}' is already served on this Ray cluster (application {app_name(served)}); "
+                          "stop it first or serve this model under another --name")
     try:
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-        wait_ready(url, args.served_name(resolve_model(model)), timeout_s,
-                   os.environ.get(api_key_env) if api_key_env else None)
+        _started.append(app_name(served))
+        serve.run(app, name=app_name(served), route_prefix=route_prefix, blocking=False)
+        wait_ready(url, served, timeout_s, os.environ.get(api_key_env) if api_key_env else None)
     except BaseException as exc:  # nothing half-started is left behind, Ctrl-C included
-        stop()
+        stop(served)
         if isinstance(exc, PsiRayError | KeyboardInterrupt):
             raise
-        raise PsiRayError(f"could not start the Serve app: {last_line(exc)}") from None
+        why = last_line(exc).removeprefix("ray.serve.exceptions.RayServeException: ")
+        hint = "; serve under another --route-prefix" if "is being used by application" in why else ""
+        raise PsiRayError(f"could not start the Serve app: {why}{hint}") from None
     return url
 
 
@@ -78,10 +99,15 @@ def wait_ready(base_url: str, name: str, timeout_s: float, api_key: str | None =
     raise PsiRayError(f"the served model did not answer at {base_url} within {timeout_s:.0f} s ({last})")
 
 
-def stop() -> None:
-    """Delete psi-ray's app; shut Serve down only when no other app is left (a shared cluster keeps its own)."""
+def stop(served: str | None = None) -> None:
+    """Delete the app serving ``served`` (default: every app this process started); shut Serve down only when
+    no other app is left (a shared cluster keeps its own)."""
     from ray import serve
 
-    serve.delete(APP_NAME)
+    names = [app_name(served)] if served else list(_started)
+    for name in names:
+        serve.delete(name)
+        if name in _started:
+            _started.remove(name)
     if not serve.status().applications:
         serve.shutdown()

@@ -33,13 +33,13 @@ from psi_ray.serve.protocol import (
     ChatRequest,
     CompletionRequest,
     check_auth,
+    check_body_size,
     check_budget,
     completion_response,
     models_response,
     parse,
 )
 
-APP_NAME = "psi-ray"
 CHAT_DEFAULT_MAX_TOKENS = 512
 
 # No /docs, /redoc or /openapi.json: they answered without the API key, and clients use OpenAI's API reference.
@@ -74,6 +74,14 @@ def generate_isolated(generate, jobs: list[tuple[list[int], GenSettings]]) -> li
         except Exception as exc:
             out.append(exc)
     return out
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 before it is read when its declared length is over the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():
+        check_body_size(int(declared))
+    return await request.body()
 
 
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=10)
@@ -124,7 +132,7 @@ class OpenAIServer:
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         self._check(request)
-        req = parse(await request.body(), CompletionRequest)
+        req = parse(await read_body(request), CompletionRequest)
         self._check(request, req.model)
         prompts = [self._prompt_ids(p) for p in req.prompts()]
         for ids in prompts:
@@ -150,14 +158,16 @@ class OpenAIServer:
         from psi_ray.backends.base import render_prompt
 
         self._check(request)
-        req = parse(await request.body(), ChatRequest)
+        req = parse(await read_body(request), ChatRequest)
         self._check(request, req.model)
         ids = self.engine.encode(render_prompt(self.engine.tokenizer, [m.model_dump() for m in req.messages]))
         room = self.engine.max_model_len - len(ids)
-        max_tokens = req.max_tokens if req.max_tokens is not None else max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
+        asked = req.budget()
+        max_tokens = asked if asked is not None else max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
+        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         if max_tokens == 0:
-            raise APIError(400, "max_tokens must be at least 1", param="max_tokens")
-        check_budget(len(ids), max_tokens, self.engine.max_model_len)
+            raise APIError(400, f"{param} must be at least 1", param=param)
+        check_budget(len(ids), max_tokens, self.engine.max_model_len, param)
         settings = GenSettings(max_tokens, req.temperature, req.top_p, req.stops(), req.seed)
         done = await self._generate([(ids, settings)] * req.n)
         choices = [{"index": i, "message": {"role": "assistant", "content": c.text},

@@ -17,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MAX_TOP_LOGPROBS = 20
 INT64 = 2**63  # seeds outside [-2**63, 2**63) cannot seed a generator (torch and vLLM refuse them)
+# Work one request may ask for. One request of 300 prompts x n 16 (4,800 generations) held a replica for minutes
+# while every other client waited; lm-eval sends `batch_size` prompts a request (psi-ray eval: its concurrency).
+MAX_GENERATIONS = 256  # prompts x n
+MAX_STOP = 4  # OpenAI's limit on stop strings
+MAX_BODY_BYTES = 8 * 1024 * 1024  # larger bodies get 413 before they are parsed
 
 
 class APIError(Exception):
@@ -41,6 +46,29 @@ class _Request(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stream: bool = False
+    response_format: dict | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, v):
+        if isinstance(v, list) and len(v) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings are allowed, got {len(v)}")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _plain_text_only(cls, v):
+        if v is not None and v.get("type", "text") != "text":
+            raise ValueError(f"response_format {v.get('type')!r} needs guided decoding, which this engine (hf) does "
+                             "not have; send {'type': 'text'}, or serve with --engine vllm")
+        return v
+
+    def check_work(self, prompts: int) -> None:
+        """400 when ``prompts`` x ``n`` is more generations than one request may ask for."""
+        if prompts * self.n > MAX_GENERATIONS:
+            raise APIError(400, f"{prompts} prompt(s) x n={self.n} is {prompts * self.n} generations; one request "
+                                f"may ask for at most {MAX_GENERATIONS}: split it into several requests",
+                           param="prompt" if prompts > 1 else "n")
 
     @field_validator("stream")
     @classmethod
@@ -74,9 +102,9 @@ class CompletionRequest(_Request):
             return [p]
         if not p:
             raise APIError(400, "prompt is empty", param="prompt")
-        if all(isinstance(x, int) for x in p):
-            return [list(p)]
-        return list(p)
+        out = [list(p)] if all(isinstance(x, int) for x in p) else list(p)
+        self.check_work(len(out))
+        return out
 
 
 class Message(BaseModel):
@@ -90,10 +118,16 @@ class ChatRequest(_Request):
     """``POST /v1/chat/completions``."""
 
     messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=0)
+
+    def budget(self) -> int | None:
+        """The output budget asked for: ``max_completion_tokens`` (OpenAI's current name) over ``max_tokens``."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 def parse(body: bytes, schema: type[BaseModel]):
     """Raw request bytes → a validated request, or an :class:`APIError` that says what is wrong."""
+    check_body_size(len(body))
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:  # ValueError: malformed, or an integer past 4,300 digits
@@ -109,6 +143,12 @@ def parse(body: bytes, schema: type[BaseModel]):
         field = ".".join(str(p) for p in first["loc"]) or None
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
         raise APIError(400, problems, param=field) from None
+
+
+def check_body_size(size: int) -> None:
+    """413 for a body over :data:`MAX_BODY_BYTES`."""
+    if size > MAX_BODY_BYTES:
+        raise APIError(413, f"request body is {size:,} bytes; at most {MAX_BODY_BYTES:,} are accepted")
 
 
 def check_auth(header: str | None, api_key: str | None) -> None:

@@ -1,6 +1,8 @@
-"""Resume: SIGKILL a run during instance generation; re-run it with another ``shard_size``: refused with one
-line, nothing written; re-run it as it was: no duplicate or missing ids, and the finished stages are not
-recomputed (their manifests unchanged)."""
+"""Resume, on the generic adapter with curated principles (which skip M_L): SIGKILL a run during instance
+generation; re-run it with another ``shard_size``: refused with one line, nothing written; re-run it as it was:
+no duplicate or missing ids, and the finished stages are not recomputed (their manifests unchanged). The
+finished run is then checked as a generic run: the repetitive principle is rejected and counted, and no kept
+row carries another adapter's labels. (One run serves both, so the suite starts one run fewer.)"""
 
 import json
 import os
@@ -15,11 +17,15 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
+PRINCIPLES = ("- Answer exactly what the instruction asks, in full sentences.\n"
+              "- Keep every fact in the answer consistent with the instruction.\n"
+              "- Study how new answers answer a classic classic classic classic step.\n")
+
 JOB = """
 name: resume
-method: student
 runs_dir: runs
-task: {{adapter: gsm8k, seeds: {seeds}, num_seeds: 8}}
+task: {{adapter: generic, seeds: builtin:generic_seeds.jsonl, num_seeds: 8}}
+principles: {{source: file, file: {principles}}}
 generator: {{model: smollm2-135m, backend: hf, batch_size: 4, options: {{batch_size: 4}}}}
 instances:
   count: 12
@@ -35,10 +41,13 @@ def start(job, log):
                             cwd=ROOT, start_new_session=True)
 
 
-def test_kill_and_resume(tmp_path):
+def test_kill_and_resume_a_generic_run(tmp_path):
+    principles = tmp_path / "principles.yaml"
+    principles.write_text(PRINCIPLES)
     job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(seeds=ROOT / "psi_ray" / "data" / "gsm8k_seeds.jsonl"))
-    stage = tmp_path / "runs" / "resume-student" / "05_instances"
+    job.write_text(JOB.format(principles=principles))
+    run = tmp_path / "runs" / "resume-psi"
+    stage = run / "05_instances"
     with open(tmp_path / "first.log", "w") as log:
         proc = start(job, log)
         deadline = time.time() + 400
@@ -49,7 +58,7 @@ def test_kill_and_resume(tmp_path):
     parts_before = sorted(p.name for p in stage.glob("part-*.parquet"))
     assert 1 <= len(parts_before) < 3, (tmp_path / "first.log").read_text()[-3000:]
     assert not (stage / "_manifest.json").exists()
-    seeds_manifest = (tmp_path / "runs" / "resume-student" / "00_seeds" / "_manifest.json").read_text()
+    seeds_manifest = (run / "00_seeds" / "_manifest.json").read_text()
     part_bytes = {p: (stage / p).read_bytes() for p in parts_before}
 
     other = tmp_path / "other.yaml"  # the same job with shards of 2: its ids would overlap the parts on disk
@@ -65,7 +74,7 @@ def test_kill_and_resume(tmp_path):
                          cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "done already" in res.stdout and "resuming" in res.stdout
-    assert (tmp_path / "runs" / "resume-student" / "00_seeds" / "_manifest.json").read_text() == seeds_manifest
+    assert (run / "00_seeds" / "_manifest.json").read_text() == seeds_manifest
     assert all((stage / p).read_bytes() == b for p, b in part_bytes.items())  # finished shards kept as they were
 
     import pyarrow.parquet as pq
@@ -74,3 +83,17 @@ def test_kill_and_resume(tmp_path):
     assert sorted(ids) == [f"inst-{i:07d}" for i in range(12)]
     manifest = json.loads((stage / "_manifest.json").read_text())
     assert manifest["resumed_shards"] == len(parts_before) and manifest["rows"] == 12
+
+    from psi_ray.rundir import StageDir
+
+    low = json.loads((run / "02_principles" / "_manifest.json").read_text())
+    assert low["kept"] == 2 and low["rejected"] == {"repetition": 1}
+    assert not (run / "01_expand").exists() and not (run / "03_cluster").exists()
+    assert [h["principle_id"] for h in StageDir(run, 4, "summarize").read()] == ["H00", "H01"]
+    inst = StageDir(run, 5, "instances").read()
+    assert all(set(r["principle_ids"]) <= {"H00", "H01"} and r["principle_ids"] for r in inst)
+    # The model may write "Question:" into an instance (the 135M model once did): the filter keeps it out of the
+    # dataset. The prompts' own labels are pinned by the golden prompts.
+    for row in pq.read_table(run / "07_dataset" / "data.parquet").to_pylist():
+        for m in row["messages"]:
+            assert "Question:" not in m["content"] and "Answer:" not in m["content"]

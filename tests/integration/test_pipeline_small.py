@@ -75,33 +75,3 @@ def test_small_psi_run(tmp_path, adapter, seeds, variants, verify):
         assert len(rows) == 8 and v["rows"] == 8 and v["checked"] == sum(r["verified"] is not None for r in rows)
         assert v["tokens"]["verify (generator)"]["requests"] == 2 * v["checked"]
         assert f["rejected"].get("unverified", 0) == v["disagreed"]
-
-
-def test_generic_run_with_principles_from_a_file(tmp_path):
-    """The generic adapter end to end with curated principles, which skip M_L (its stages run above): a
-    repetitive principle is rejected and counted, and no kept row carries another adapter's labels. (The model
-    may write "Question:" into an instance, as the 135M model once did; the filter must keep it out of the
-    dataset. The prompts' own labels are pinned by the golden prompts.)"""
-    principles = tmp_path / "principles.yaml"
-    principles.write_text("- Answer exactly what the instruction asks, in full sentences.\n"
-                          "- Keep every fact in the answer consistent with the instruction.\n"
-                          "- Study how new answers answer a classic classic classic classic step.\n")
-    job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(adapter="generic", seeds="builtin:generic_seeds.jsonl", variants=1)
-                   .replace("principles: {subsets: 4", f"principles: {{source: file, file: {principles}, subsets: 4"))
-    res = run_cli("run", str(job), "--no-report", timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    from psi_ray.rundir import StageDir
-
-    run = tmp_path / "runs" / "small-psi"
-    low = json.loads((run / "02_principles" / "_manifest.json").read_text())
-    assert low["kept"] == 2 and low["rejected"] == {"repetition": 1}
-    assert not (run / "01_expand").exists() and not (run / "03_cluster").exists()
-    assert [h["principle_id"] for h in StageDir(run, 4, "summarize").read()] == ["H00", "H01"]
-    inst = StageDir(run, 5, "instances").read()
-    assert len(inst) == 8 and all(set(r["principle_ids"]) <= {"H00", "H01"} and r["principle_ids"] for r in inst)
-    import pyarrow.parquet as pq
-
-    for row in pq.read_table(run / "07_dataset" / "data.parquet").to_pylist():
-        for m in row["messages"]:
-            assert "Question:" not in m["content"] and "Answer:" not in m["content"]

@@ -71,6 +71,10 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served):
         ({"prompt": "x", "max_tokens": 10**6}, 400, "exceeds the model's context"),
         ({"prompt": [10**9]}, 400, "outside the vocabulary"),
         ({**good, "model": "other"}, 404, "not served here"),
+        ({"prompt": ["q"] * 300, "n": 16, "max_tokens": 4}, 400, "at most 256"),
+        ({**good, "stop": list("abcde")}, 400, "at most 4 stop strings"),
+        ({**good, "response_format": {"type": "json_object"}}, 400, "guided decoding"),
+        (b'{"prompt": "' + b"x" * (8 * 1024 * 1024) + b'"}', 413, "at most 8,388,608"),
     ]
     for body, code, words in cases:
         r = post(url, "/completions", body)
@@ -122,3 +126,39 @@ def test_openai_surface(served):
                                            "max_tokens": 8, "temperature": 0}).json()
     assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["role"] == "assistant"
     assert chat["usage"]["completion_tokens"] > 0
+    capped = post(url, "/chat/completions", {"messages": [{"role": "user", "content": "Count to fifty."}],
+                                             "max_completion_tokens": 4, "temperature": 0}).json()
+    assert 0 < capped["usage"]["completion_tokens"] <= 4  # it was ignored: ~20 tokens came back
+
+
+def test_two_models_share_the_cluster_and_stop_alone(served, tiny_model):
+    """A second model on the same Serve is its own application at its own route: the first keeps serving, the
+    same route or the same model id again is refused, and stopping the second leaves the first running."""
+    from urllib.parse import urlparse
+
+    from psi_ray import serve
+    from psi_ray.errors import PsiRayError
+
+    url, _ = served
+    port = urlparse(url).port
+    second = serve.start(str(tiny_model), port=port, name="tiny", engine="hf", api_key_env=KEY_ENV, threads=1,
+                         route_prefix="/tiny")
+    try:
+        assert second == f"http://127.0.0.1:{port}/tiny/v1"
+        for base, name in ((url, "smol"), (second, "tiny")):
+            models = httpx.get(f"{base}/models", headers={"Authorization": "Bearer test-key-123"}).json()
+            assert [m["id"] for m in models["data"]] == [name]
+            r = post(base, "/completions", {"prompt": "1, 2,", "max_tokens": 2, "temperature": 0})
+            assert r.status_code == 200 and r.json()["model"] == name
+        taken = r'^could not start the Serve app: Prefix / is being used by application "psi-ray-smol".*route-prefix$'
+        with pytest.raises(PsiRayError, match=taken):
+            serve.start(str(tiny_model), port=port, name="other", engine="hf", threads=1, timeout_s=60)
+        with pytest.raises(PsiRayError, match="'tiny' is already served"):
+            serve.start(str(tiny_model), port=port, name="tiny", engine="hf", threads=1, route_prefix="/t2")
+    finally:
+        serve.stop("tiny")
+    assert post(url, "/completions", {"prompt": "1, 2,", "max_tokens": 2}).status_code == 200
+    from ray import serve as ray_serve
+
+    assert set(ray_serve.status().applications) == {"psi-ray-smol"}
+

@@ -120,6 +120,23 @@ def test_rayservice_serves_psi_ray_app():
     ServeArgs.model_validate(app["args"])  # every key the manifest passes is one the builder takes
 
 
+def test_rayservice_requires_a_key_from_a_secret():
+    """The served app checks a bearer key (own deployment), and every pod reads it from the Secret, so the
+    builder finds it wherever Serve runs it."""
+    [(_, svc)] = [(n, d) for n, d in kuberay_docs() if d["kind"] == "RayService"]
+    [app] = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    var = app["args"]["api_key_env"]
+    assert var and app["args"]["engine"] == "hf"  # the vllm engine takes no key (build_app refuses the pair)
+    cluster = svc["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    for pod in pods:
+        for container in pod["spec"]["containers"]:
+            [env] = [e for e in container["env"] if e["name"] == var]
+            ref = env["valueFrom"]["secretKeyRef"]
+            assert ref["name"] and ref["key"] and not ref.get("optional"), container["name"]
+            assert "value" not in env  # never the key itself in the manifest
+
+
 def test_ray_up_config_structure():
     cfg = yaml.safe_load((CLUSTER / "ray-up.yaml").read_text())
     for key in ("cluster_name", "provider", "available_node_types", "head_node_type", "max_workers"):

@@ -46,6 +46,12 @@ def _dead(actor) -> bool:
 
 
 def test_tiers_that_differ_only_in_batch_size_share_one_engine(ray_session, tiny_model):
+    """Also what vLLM's CPU guide asks for: the engine process has tcmalloc and Intel OpenMP mapped (checked
+    on this engine rather than on one started for it alone, which cost the suite 20 s)."""
+    import ray
+
+    from psi_ray.runtime import engine_preload
+
     with engine_pool() as pool:
         got = generate(rows(5), spec(tiny_model, batch_size=2), SAMPLING, pool)
         first_start = pool.start_s
@@ -55,7 +61,10 @@ def test_tiers_that_differ_only_in_batch_size_share_one_engine(ray_session, tiny
         assert sorted(g["id"] for g in again) == ["s-0", "s-1", "s-2"]
         assert all(g["error"] is None and g["output_tokens"] > 0 for g in got + again)
         actors = next(iter(pool.actors.values()))
+        maps = ray.get(actors[0].__ray_call__.remote(lambda self: open("/proc/self/maps").read()))
     assert pool.actors == {} and stopped(actors)  # stopped on the way out
+    libs = engine_preload()  # empty where neither libtcmalloc-minimal4 nor intel-openmp is installed
+    assert all(lib in maps for lib in libs)
 
 
 def test_replicas_share_the_batches(ray_session, tiny_model):
@@ -113,21 +122,6 @@ def test_engine_uses_follow_the_method():
     assert [s for s, _ in engine_uses(teacher)] == ["instances", "verify"]
     curated = JobConfig(principles={"source": "file", "file": "p.yaml"})
     assert [s for s, _ in engine_uses(curated)] == ["instances"]
-
-
-def test_engine_actors_run_with_the_cpu_libraries_preloaded(ray_session, tiny_model):
-    """What vLLM's CPU guide asks for: the engine process has tcmalloc and Intel OpenMP mapped."""
-    import ray
-
-    from psi_ray.runtime import engine_preload
-
-    libs = engine_preload()
-    if not libs:
-        pytest.skip("neither libtcmalloc-minimal4 nor intel-openmp is installed here")
-    with engine_pool() as pool:
-        actor = pool.actors_for(spec(tiny_model))[0]
-        maps = ray.get(actor.__ray_call__.remote(lambda self: open("/proc/self/maps").read()))
-    assert all(lib in maps for lib in libs)
 
 
 def test_preload_can_be_switched_off_and_keeps_the_users_own(monkeypatch):

@@ -24,6 +24,8 @@ def status(body: bytes, schema=CompletionRequest):
     (b'{"prompt": "x", "seed": 18446744073709551616}', "seed", "less than"),
     (b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}", None, "not valid JSON"),
     (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "nested too deeply"),
+    (b'{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', "stop", "at most 4 stop strings"),
+    (b'{"prompt": "x", "response_format": {"type": "json_object"}}', "response_format", "guided decoding"),
 ])
 def test_bad_completion_requests(body, param, words):
     err = status(body)
@@ -35,6 +37,40 @@ def test_bad_chat_requests():
     assert "messages" in status(b'{"model": "m"}', ChatRequest).message
     assert status(b'{"messages": []}', ChatRequest).param == "messages"
     assert status(b'{"messages": [{"role": "wizard", "content": "x"}]}', ChatRequest).param.startswith("messages")
+
+
+def test_limits_on_work_and_size():
+    """One request may not hold a replica for minutes: prompts x n and the body size are capped."""
+    from psi_ray.serve.protocol import MAX_BODY_BYTES, MAX_GENERATIONS, check_body_size
+
+    prompts = ", ".join(['"q"'] * 300).encode()
+    err = status_of(parse(b'{"prompt": [' + prompts + b'], "n": 16}', CompletionRequest).prompts)
+    assert err.status == 400 and err.param == "prompt" and "4800 generations" in err.message
+    err = status_of(parse(b'{"prompt": [' + b", ".join([b'"q"'] * 17) + b'], "n": 16}', CompletionRequest).prompts)
+    assert err.status == 400 and "272 generations" in err.message
+    ok = ", ".join(['"q"'] * (MAX_GENERATIONS // 16)).encode()
+    assert len(parse(b'{"prompt": [' + ok + b'], "n": 16}', CompletionRequest).prompts()) == MAX_GENERATIONS // 16
+    big = b'{"prompt": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    assert status(big).status == 413 and f"{MAX_BODY_BYTES:,}" in status(big).message
+    check_body_size(MAX_BODY_BYTES)
+    assert status_of(lambda: check_body_size(MAX_BODY_BYTES + 1)).status == 413
+    assert parse(b'{"prompt": "x", "stop": ["a", "b", "c", "d"]}', CompletionRequest).stops() == ("a", "b", "c", "d")
+    assert parse(b'{"prompt": "x", "response_format": {"type": "text"}}', CompletionRequest).prompts() == ["x"]
+
+
+def test_max_completion_tokens_is_the_chat_budget():
+    chat = b'{"messages": [{"role": "user", "content": "hi"}]'
+    assert parse(chat + b', "max_completion_tokens": 4}', ChatRequest).budget() == 4
+    assert parse(chat + b', "max_completion_tokens": 4, "max_tokens": 90}', ChatRequest).budget() == 4
+    assert parse(chat + b', "max_tokens": 90}', ChatRequest).budget() == 90
+    assert parse(chat + b"}", ChatRequest).budget() is None
+    assert status(chat + b', "max_completion_tokens": -1}', ChatRequest).param == "max_completion_tokens"
+
+
+def status_of(call):
+    with pytest.raises(APIError) as info:
+        call()
+    return info.value
 
 
 def test_prompt_shapes():
@@ -88,6 +124,10 @@ def test_serve_security_edges():
     assert base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/v1"
     assert base_url("0.0.0.0", 8000) == "http://127.0.0.1:8000/v1"
     assert base_url("::1", 8001) == "http://[::1]:8001/v1" and base_url("::", 8001) == "http://[::1]:8001/v1"
+    assert base_url("0.0.0.0", 8000, "/tuned/") == "http://127.0.0.1:8000/tuned/v1"
+    from psi_ray.serve import app_name
+
+    assert app_name("base") != app_name("tuned")  # one application per served model, never one fixed name
     for host in ("127.0.0.1", "localhost", "::1"):
         check_exposure(host, None, False)
     with pytest.raises(PsiRayError, match="--allow-no-key"):
