@@ -3,8 +3,9 @@
 ``train.enabled`` adds ``08_train/`` (its table: the loss of every step; ``_ray/`` the checkpoint and resume
 state) and the fine-tuned HF folder ``model/`` in the run directory; ``eval.enabled`` adds ``09_eval/``: each
 model is served with Ray Serve in turn and scored by lm-eval on the same questions; its table has one row per
-task, metric and model, ``_scores.json`` holds base vs fine-tuned per task and metric (the report's table) and
-``_samples/<model>/`` lm-eval's answers per question.
+task, metric and model, ``_scores.json`` holds base vs fine-tuned per task and metric (the report's table),
+their paired difference with a bootstrap 95% interval and McNemar's exact p (:mod:`psi_ray.evaluate.paired`),
+and ``_samples/<model>/`` lm-eval's answers per question.
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
                for label, model in models.items()}
     rows = score_rows(reports)
     scores = table(reports)
+    paired = {}
+    if {"base", "finetuned"} <= set(reports):  # same questions: the difference with its interval and test
+        from psi_ray.evaluate.paired import compare
+
+        paired = compare(sd.path / SAMPLES_DIR / "base", sd.path / SAMPLES_DIR / "finetuned", ec.tasks)
     atomic_write_text(sd.path / STAGE_SCORES, json.dumps(
         {"limit": ec.limit, "tasks": scores, "models": {k: v["model"] for k, v in reports.items()},
-         "main_metric": {t: TASKS[t].main_metric for t in ec.tasks}}, indent=2))
-    return StageResult(rows, {"scores": scores, "limit": ec.limit})
+         "main_metric": {t: TASKS[t].main_metric for t in ec.tasks}, "paired": paired}, indent=2))
+    return StageResult(rows, {"scores": scores, "limit": ec.limit, "paired": paired})
 
 
 def score_rows(reports: dict[str, dict]) -> list[dict]:

@@ -219,6 +219,7 @@ def collect(run_dir) -> dict:
         "per_1k_valid": per_1k, "tokens": tokens, "tokens_by_stage": tokens_by_stage,
         "principles": tree, "projection": points, "validity": validity, "hygiene": _hygiene(manifests),
         "eval": _scores(scores), "eval_limit": (scores or {}).get("limit") if isinstance(scores, dict) else None,
+        "eval_paired": (scores.get("paired") or {}) if isinstance(scores, dict) else {},
         "dataset": (manifests.get("dataset") or {}).get("dataset"), "notes": notes,
     }
 

@@ -85,20 +85,31 @@ def _score(s: dict | None) -> str:
     return ", ".join(f"{k} {num(v)}" for k, v in s.items())
 
 
-def _eval_table(scores: dict) -> tuple[list[str], list[list[str]]]:
+def _eval_table(scores: dict, paired: dict | None = None) -> tuple[list[str], list[list[str]]]:
     keys = sorted({k for s in scores.values() for k in s}, key=lambda k: (k != "base", k != "finetuned", k))
+    paired = paired or {}
     body = []
     for task, s in sorted(scores.items()):
         change = s["finetuned"] - s["base"] if isinstance(s.get("base"), int | float) and \
             isinstance(s.get("finetuned"), int | float) else None
-        body.append([task, *(num(s.get(k)) for k in keys), "–" if change is None else f"{change:+.3g}"])
-    return ["task", *keys, "fine-tuned − base"], body
+        row = [task, *(num(s.get(k)) for k in keys), "–" if change is None else f"{change:+.3g}"]
+        if paired:
+            p = paired.get(task)
+            row += [f"{p['ci95'][0]:+.3g} … {p['ci95'][1]:+.3g}", f"{p['mcnemar_p']:.3g}", str(p["n"])] if p \
+                else ["–", "–", "–"]
+        body.append(row)
+    extra = ["95% interval (paired bootstrap)", "McNemar p", "questions"] if paired else []
+    return ["task", *keys, "fine-tuned − base", *extra], body
 
 
 def _eval_note(run: dict) -> str:
     limit = run.get("eval_limit")
     scope = f"the first {limit} questions of each task" if limit else "every question of each task"
-    return f"lm-eval through the served endpoint; base and fine-tuned M_t on the same questions ({scope})."
+    note = f"lm-eval through the served endpoint; base and fine-tuned M_t on the same questions ({scope})."
+    if run.get("eval_paired"):
+        note += (" The interval resamples the questions (both models' answers together); where it holds 0, or p"
+                 " is above 0.05, these questions show no difference between the models.")
+    return note
 
 
 def _stage_table(run: dict) -> tuple[list[str], list[list[str]]]:
@@ -235,7 +246,7 @@ def sections(run: dict, comp: dict | None = None) -> list[dict]:
     if run["eval"]:
         note = _eval_note(run)
         add("eval", "Evaluation scores", "Evaluation scores", text=[note], md_text=[note],
-            table=_eval_table(run["eval"]))
+            table=_eval_table(run["eval"], run.get("eval_paired")))
     return out
 
 

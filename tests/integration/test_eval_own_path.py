@@ -79,6 +79,27 @@ def test_scores_json_is_where_the_report_reads_it(eval_run):
     assert run["eval"] == scores["tasks"] and run["eval_limit"] == LIMIT
     md = write_report(run_dir)["markdown"].read_text()
     assert "## Evaluation scores" in md and f"the first {LIMIT} questions" in md and "mmlu acc" in md
+    assert "95% interval (paired bootstrap)" in md and "McNemar p" in md
+
+
+def test_the_difference_is_paired_over_the_same_questions(eval_run):
+    """_scores.json's ``paired`` section agrees with the scores and is counted back from both models' samples."""
+    _, sd = eval_run
+    scores = json.loads((sd.path / "_scores.json").read_text())
+    assert set(scores["paired"]) == set(scores["tasks"])
+    for key, p in scores["paired"].items():
+        task, metric = key.split(" ", 1)
+        field, _, flt = metric.partition(" (")
+        flt = flt.rstrip(")") or "none"
+        right = {}
+        for model in ("base", "finetuned"):
+            rows = [s for s in lines(sd.path / "_samples" / model / f"samples_{task}.jsonl") if s["filter"] == flt]
+            right[model] = {s["doc_id"]: s[field] for s in rows}
+        assert p["n"] == LIMIT and p["base"] == pytest.approx(scores["tasks"][key]["base"])
+        assert p["finetuned"] == pytest.approx(scores["tasks"][key]["finetuned"])
+        assert p["only_finetuned"] == sum(right["finetuned"][d] > right["base"][d] for d in right["base"])
+        assert p["only_base"] == sum(right["base"][d] > right["finetuned"][d] for d in right["base"])
+        assert p["ci95"][0] <= p["difference"] <= p["ci95"][1] and 0 < p["mcnemar_p"] <= 1
 
 
 def test_mmlu_is_scored_on_the_test_split_by_log_likelihood(eval_run):
