@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import time
+
+from scale import memory_kb  # bench/scale.py: resident set now and at its peak
 
 
 class SyntheticEngineActor:
@@ -61,11 +62,6 @@ def job(runs_dir: str, n: int, shard: int, batch: int):
                      generator={"model": "smollm2-135m", "backend": "hf", "batch_size": batch},
                      expand={"variants_per_seed": 0}, instances={"count": n, "examples_per_prompt": 1},
                      carbon={"enabled": False})
-
-
-def memory_kb() -> dict[str, int]:
-    status = open("/proc/self/status").read()
-    return {k: int(re.search(rf"{k}:\s+(\d+)", status).group(1)) for k in ("VmRSS", "VmHWM")}
 
 
 def run_one(runs_dir: str, n: int, shard: int, batch: int) -> dict:

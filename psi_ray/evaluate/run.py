@@ -63,13 +63,14 @@ def endpoint(target: str, port: int | None = None, api_key_env: str | None = Non
     from psi_ray.models import resolve_model
 
     model_dir = resolve_model(target)
+    name = Path(model_dir).name
     # Its own route, so a model the user serves at / on the same cluster is neither replaced nor in the way.
-    url = serve.start(model_dir, port=port or free_port(), api_key_env=api_key_env, engine="hf",
+    url = serve.start(model_dir, port=port or free_port(), name=name, api_key_env=api_key_env, engine="hf",
                       threads=os.cpu_count(), route_prefix=EVAL_ROUTE, request_timeout_s=REQUEST_TIMEOUT_S)
     try:
         yield url, model_dir
     finally:
-        serve.stop(Path(model_dir).name)
+        serve.stop(name)
 
 
 def served_name(base_url: str, api_key: str | None) -> str:

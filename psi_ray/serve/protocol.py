@@ -63,13 +63,6 @@ class _Request(BaseModel):
                              "not have; send {'type': 'text'}, or serve with --engine vllm")
         return v
 
-    def check_work(self, prompts: int) -> None:
-        """400 when ``prompts`` x ``n`` is more generations than one request may ask for."""
-        if prompts * self.n > MAX_GENERATIONS:
-            raise APIError(400, f"{prompts} prompt(s) x n={self.n} is {prompts * self.n} generations; one request "
-                                f"may ask for at most {MAX_GENERATIONS}: split it into several requests",
-                           param="prompt" if prompts > 1 else "n")
-
     @field_validator("stream")
     @classmethod
     def _no_stream(cls, v):
@@ -105,6 +98,13 @@ class CompletionRequest(_Request):
         out = [list(p)] if all(isinstance(x, int) for x in p) else list(p)
         self.check_work(len(out))
         return out
+
+    def check_work(self, prompts: int) -> None:
+        """400 when ``prompts`` x ``n`` is more generations than one request may ask for."""
+        if prompts * self.n > MAX_GENERATIONS:
+            raise APIError(400, f"{prompts} prompt(s) x n={self.n} is {prompts * self.n} generations; one request "
+                                f"may ask for at most {MAX_GENERATIONS}: split it into several requests",
+                           param="prompt" if prompts > 1 else "n")
 
 
 class Message(BaseModel):

@@ -5,10 +5,15 @@ import pytest
 from psi_ray.serve.protocol import APIError, ChatRequest, CompletionRequest, check_auth, check_budget, parse
 
 
-def status(body: bytes, schema=CompletionRequest):
+def status_of(call):
+    """The APIError ``call()`` raises (the test fails if it raises none)."""
     with pytest.raises(APIError) as info:
-        parse(body, schema)
+        call()
     return info.value
+
+
+def status(body: bytes, schema=CompletionRequest):
+    return status_of(lambda: parse(body, schema))
 
 
 @pytest.mark.parametrize("body, param, words", [
@@ -65,12 +70,6 @@ def test_max_completion_tokens_is_the_chat_budget():
     assert parse(chat + b', "max_tokens": 90}', ChatRequest).budget() == 90
     assert parse(chat + b"}", ChatRequest).budget() is None
     assert status(chat + b', "max_completion_tokens": -1}', ChatRequest).param == "max_completion_tokens"
-
-
-def status_of(call):
-    with pytest.raises(APIError) as info:
-        call()
-    return info.value
 
 
 def test_prompt_shapes():
