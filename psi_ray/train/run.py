@@ -23,6 +23,12 @@ from psi_ray.rundir import MODEL_DIR, TRAIN_CLAIM, TRAIN_STATE, atomic_write_tex
 from psi_ray.runtime import cuda_available
 from psi_ray.train.loop import MODEL, STATE, LoopConfig
 
+# How often Ray Train's controller polls the workers (Ray's default: 2 s). A worker's ``ray.train.report`` blocks
+# until the controller's next poll takes it, so with the default every checkpoint of a short CPU run waited up to
+# 2 s: a 12-step ZeRO-2 run on the tiny test model took 47 s, 27 s at 0.2 s (same losses). Polling a few workers
+# four times a second costs nothing measurable; set RAY_TRAIN_HEALTH_CHECK_INTERVAL_S to override.
+CONTROLLER_POLL_S = "0.25"
+
 
 @dataclass
 class TrainResult:
@@ -97,6 +103,7 @@ def train(dataset: str | Path, out_dir: str | Path, spec: TrainSpec, seed: int =
     loop_cfg = LoopConfig.from_spec(spec, model_path, str(dataset), seed, threads)
     if spec.strategy == "deepspeed":
         os.environ.setdefault("DS_BUILD_OPS", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", CONTROLLER_POLL_S)  # Ray Train passes it on
     trainer = TorchTrainer(
         _loop,
         train_loop_config=loop_cfg.as_dict(),

@@ -59,6 +59,21 @@ def kill_train_workers() -> list[int]:
     return killed
 
 
+RUN_MARK = "PSI_RAY_TEST_RUN"  # set in a killed run's environment; Ray's processes for that run inherit it
+
+
+def kill_marked(mark: str) -> None:
+    """SIGKILL every process whose environment carries ``mark`` (a run's driver and the Ray processes it started)."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(RUN_MARK) == mark:
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
 def interrupted_then_resumed(dataset, out, spec):
     """Train into ``out``, kill the workers as soon as Ray Train has registered a checkpoint, then run the same
     call again, which must resume from that checkpoint."""
@@ -136,15 +151,21 @@ def test_killed_ddp_training_resumes_to_the_uninterrupted_result(ddp_lora_full, 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "psi_ray.cli", "train", str(chat_dataset), "--model", str(tiny_model), "--out",
            str(out), *CLI_SETTINGS]
+    mark = f"killed-{tmp_path.name}"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                env={**os.environ, RUN_MARK: mark})
         deadline = time.time() + 300
         # Kill once Ray Train has *registered* a checkpoint (its snapshot file), not when a checkpoint folder first
         # appears: a folder written but not yet registered is not resumed from (a loaded CI run hit that window).
         snapshot = out / "_ray" / "train" / "checkpoint_manager_snapshot.json"
         while time.time() < deadline and proc.poll() is None and not snapshot.exists():
             time.sleep(0.2)
+        # The whole run dies at once, as on a lost machine: the CLI's process group and Ray's own processes (its
+        # head, the training workers), which live in sessions of their own and would otherwise train on for a
+        # few seconds after the driver is gone (on this tiny model that can reach the last step).
         os.killpg(proc.pid, signal.SIGKILL)
+        kill_marked(mark)
         proc.wait()
     steps_on_disk = {json.loads(p.read_text())["step"] for p in out.glob("_ray/train/checkpoint_*/state.json")}
     assert steps_on_disk and max(steps_on_disk) < 18, (tmp_path / "first.log").read_text()[-3000:]
