@@ -23,7 +23,10 @@ def test_train_checks_columns_and_arguments(tmp_path):
     assert_clean_error(run_cli("train", str(data), "--out", str(tmp_path / "o"), "--model", "smollm2-135m",
                                "--num-workers", "1"), "no 'messages' column", "text")
     assert_clean_error(run_cli("train", str(data), "--lr", "-1"), "lr")
-    assert_clean_error(run_cli("train", str(data), "--model", "no-such-model"), "unknown model")
+    chat = tmp_path / "chat.parquet"  # the dataset is read first, so the model check needs a valid one
+    pq.write_table(pa.table({"messages": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]}),
+                   chat)
+    assert_clean_error(run_cli("train", str(chat), "--model", "no-such-model"), "unknown model")
 
 
 def test_eval_rejects_unknown_tasks_and_unreachable_endpoints():
