@@ -50,7 +50,7 @@ def resolve_dataset(source: str | Path) -> Path:
         path = dataset_file(path)
     if not path.is_file():
         raise PsiRayError(f"no dataset at {path}: pass a run directory with a finished dataset stage or a Parquet file")
-    return path
+    return path.resolve()  # absolute: the training workers read it from another working directory
 
 
 def check_resources(spec: TrainSpec) -> None:

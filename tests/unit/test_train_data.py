@@ -95,3 +95,17 @@ def test_a_training_folder_from_before_the_underscore_names_is_adopted(tmp_path)
     adopt_legacy_names(tmp_path)
     assert (tmp_path / "_ray" / "train").is_dir() and (tmp_path / "_training.json").is_file()
     assert not (tmp_path / "ray").exists() and not (tmp_path / "training.json").exists()
+
+
+def test_a_relative_dataset_path_reaches_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train workers run in another working directory: ``psi-ray train data.parquet`` must hand them an
+    absolute path (a relative one failed in every worker with "not a readable Parquet dataset")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from psi_ray.train.run import resolve_dataset
+
+    pq.write_table(pa.table({"messages": [[{"role": "user", "content": "hi"}]]}), tmp_path / "data.parquet")
+    monkeypatch.chdir(tmp_path)
+    path = resolve_dataset("data.parquet")
+    assert path.is_absolute() and path == tmp_path / "data.parquet"
