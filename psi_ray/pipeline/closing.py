@@ -40,7 +40,7 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
     if trained is not None:
         models["finetuned"] = str(model_dir(r.dir))
     reports = {label: evaluate(model, ec.tasks, sd.path / SAMPLES_DIR / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens,
-                                      concurrency=ec.concurrency)
+                                      concurrency=ec.concurrency, engine=ec.engine)
                for label, model in models.items()}
     rows = score_rows(reports)
     scores = table(reports)

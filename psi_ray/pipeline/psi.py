@@ -29,12 +29,13 @@ from psi_ray.rundir import (
     read_parquet_rows,
 )
 from psi_ray.runtime import init_ray
-from psi_ray.stages import cluster, dataset, expand, instances, principles, seeds, summarize, verify
+from psi_ray.stages import cluster, dataset, expand, guidance, instances, principles, seeds, summarize, verify
 from psi_ray.stages import filter as filters
 
 
-def run(cfg: JobConfig) -> Path:
-    """Run (or resume) a whole generation job; return the run directory."""
+def run(cfg: JobConfig, reuse: list[Path] = ()) -> Path:
+    """Run (or resume) a whole generation job; return the run directory. A stage that a run directory in
+    ``reuse`` finished with the same config is copied from there instead of computed."""
     seed_rows = seeds.load(cfg)  # every seed check happens before any model or Ray starts
     check_eval_not_seeded(cfg, seed_rows)
     check_endpoints(cfg)
@@ -42,7 +43,7 @@ def run(cfg: JobConfig) -> Path:
         from psi_ray.train.run import check_resources
 
         check_resources(cfg.train)
-    r = Run(cfg, engine_uses(cfg))
+    r = Run(cfg, engine_uses(cfg), reuse)
     try:
         r.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # runs_dir under a file, read-only, ...
@@ -61,7 +62,9 @@ def engine_uses(cfg: JobConfig) -> list[tuple[str, ModelSpec]]:
     """Which stage generates with which tier, in pipeline order (stages that run no model are absent)."""
     uses = []
     if cfg.method == "psi" and cfg.principles.source != "file":
-        uses += [("expand", cfg.generator), ("principles", cfg.large), ("summarize", cfg.large)]
+        uses += [("expand", cfg.generator), ("principles", cfg.large)]
+        if cfg.instances.guidance != "low_level":  # the no-clustering ablation summarizes nothing
+            uses.append(("summarize", cfg.large))
     uses.append(("instances", cfg.large if cfg.method == "teacher" else cfg.generator))
     if cfg.verify.enabled:
         uses.append(("verify", cfg.large if cfg.verify.tier == "large" else cfg.generator))
@@ -85,14 +88,21 @@ def _stages(r: Run, seed_rows: list[dict]) -> None:
         texts = principles.load_principle_file(path)
         salt = hashlib.sha256("\n".join(texts).encode()).hexdigest()
         low = r.stage("principles", ("principles",), lambda sd: _principles_from(texts, path), salt=salt).read()
-        high = r.stage("summarize", ("principles",), lambda sd: _as_high_level(low)).read()
+        high = r.stage("summarize", ("principles",), lambda sd: _as_high_level(low, "file")).read()
     elif cfg.method == "psi":
         pool = r.stage("expand", ("task", "expand", "generator"), lambda sd: _expand(r, seed_rows)).read()
         low = r.stage("principles", ("principles", "large"), lambda sd: _principles(r, pool)).read()
-        clustered = r.stage("cluster", ("cluster", "embedder"), lambda sd: _cluster(r, low)).read()
-        high = r.stage("summarize", ("summarize", "large"), lambda sd: _summarize(r, clustered)).read()
+        if cfg.instances.guidance == "low_level":  # the no-clustering ablation: M_L's principles as they are
+            high = r.stage("summarize", ("principles", "large"),
+                           lambda sd: _as_high_level(low, "low-level principles, not clustered")).read()
+        else:
+            clustered = r.stage("cluster", ("cluster", "embedder"), lambda sd: _cluster(r, low)).read()
+            high = r.stage("summarize", ("summarize", "large"), lambda sd: _summarize(r, clustered)).read()
     high = [h for h in high if h["text"]]  # a cluster with no usable summary nor member guides nothing
-    made = r.stage("instances", ("instances", "shard_size", "generator", "large"),
+    if cfg.method == "psi" and cfg.instances.guidance == "placebo":  # same lengths, no task information
+        high = guidance.placebo(high, cfg.seed)
+    waves = ("filter",) if cfg.instances.target_kept else ()  # the filter decides when the waves stop
+    made = r.stage("instances", ("instances", "shard_size", "generator", "large", *waves),
                    lambda sd: _instances(r, sd, seed_rows, high))
     if cfg.verify.enabled:
         made = r.stage("verify", ("verify", cfg.verify.tier), lambda sd: verify_stage(r, sd, made))
@@ -132,12 +142,11 @@ def _principles_from(texts: list[str], path: Path):
                   "rejected": principles.reject_counts(rows)})
 
 
-def _as_high_level(low: list[dict]):
-    """Curated principles are already high-level: each valid one becomes its own H-principle."""
-    valid = [x for x in low if x["valid"]]
-    rows = [{"principle_id": f"H{i:02d}", "cluster_id": i, "text": x["text"], "member_ids": [x["principle_id"]],
-             "error": None, "raw_output": None, "reject_reason": None} for i, x in enumerate(valid)]
-    return StageResult(rows, {"source": "file"})
+def _as_high_level(low: list[dict], source: str):
+    """Principles that skip clustering and summaries (a file's, or the no-clustering ablation's): each valid
+    one becomes its own high-level principle."""
+    rows, manifest = guidance.as_high_level(low, source)
+    return StageResult(rows, manifest)
 
 
 def _cluster(r: Run, low):
@@ -162,37 +171,87 @@ def _summarize(r: Run, clustered):
 
 
 def _instances(r: Run, sd: StageDir, seed_rows, high):
-    """Generate the missing shards only; write each as soon as all its rows are back."""
+    """Generate the missing shards only; write each as soon as all its rows are back. With
+    ``instances.target_kept``, shards go out in waves until the filter keeps that many rows (or the plan, the
+    attempts cap, is used up)."""
     cfg = r.cfg
     tier, spec = ("large", cfg.large) if cfg.method == "teacher" else ("generator", cfg.generator)
     plan = instances.plan(cfg.instances.count, cfg.shard_size, cfg.seed, high if cfg.method == "psi" else [],
                           seed_rows, cfg.instances.principles_per_prompt, cfg.instances.examples_per_prompt,
                           r.adapter, cfg.instances.samples_per_prompt)
     done = set(sd.parts())
-    todo = [p for p in plan if p["shard"] not in done]
-    by_shard = defaultdict(list)
-    for p in todo:
+    by_shard: dict[int, list[dict]] = defaultdict(list)
+    for p in plan:
         by_shard[p["shard"]].append(p)
-    pending: dict[int, list[dict]] = defaultdict(list)
-    shard_of = {p["id"]: p["shard"] for p in todo}
     if done:
-        print(f"[instances] resuming: {len(done)} shard(s) done, {len(by_shard)} to generate")
-
+        left = "more in waves" if cfg.instances.target_kept else f"{len(set(by_shard) - done)} to generate"
+        print(f"[instances] resuming: {len(done)} shard(s) done, {left}")
     tally = Tally()
-    for batch in stream(todo, spec, cfg.instances.sampling, r.engines):
+    extra = {}
+    target = cfg.instances.target_kept
+    if target is None:
+        _generate_shards(r, sd, spec, [s for s in sorted(by_shard) if s not in done], by_shard, tally)
+    else:
+        counter, shards, counted = _kept_counter(r, seed_rows), sorted(by_shard), 0
+        while True:
+            parts = sd.parts()
+            while counted < len(shards) and shards[counted] in parts:  # count finished shards in plan order
+                counter.add(read_parquet_rows([parts[shards[counted]]]))
+                counted += 1
+            rows = instances.next_wave(counter.generated, counter.kept, target, len(plan), cfg.shard_size)
+            if not rows:
+                break
+            wave = shards[counted : counted + -(-rows // cfg.shard_size)]
+            print(f"[instances] {counter.kept} of {target} rows kept after {counter.generated}: "
+                  f"{len(wave)} more shard(s)")
+            _generate_shards(r, sd, spec, [s for s in wave if s not in parts], by_shard, tally)
+        extra = {"target_kept": target, "kept_when_stopped": counter.kept,
+                 "stopped": "target reached" if counter.kept >= target else "attempts cap reached"}
+    ids = sd.read_column("id")
+    errors = sum(1 for e in sd.read_column("error") if e)
+    extra = {"rows": len(ids), "unique_ids": len(set(ids)), "errors": errors, "tokens": tally.tokens(tier),
+             "nodes": tally.nodes(tier), "shards": len(sd.parts()), "resumed_shards": len(done),
+             "tier": tier, "generator": spec.model, **extra}
+    return StageResult(None, extra)
+
+
+def _generate_shards(r: Run, sd: StageDir, spec: ModelSpec, shards: list[int], by_shard: dict, tally: Tally):
+    """Stream the planned rows of ``shards`` through ``spec``'s engines; write each shard once it is whole."""
+    todo = [p for s in shards for p in by_shard[s]]
+    shard_of = {p["id"]: p["shard"] for p in todo}
+    pending: dict[int, list[dict]] = defaultdict(list)
+    for batch in stream(todo, spec, r.cfg.instances.sampling, r.engines):
         tally.add(batch)
         for g in batch:
             s = shard_of[g["id"]]
             pending[s].append(g)
             if len(pending[s]) == len(by_shard[s]):
-                rows = instances.parse_outputs(by_shard[s], pending.pop(s), r.adapter, spec.model)
-                sd.write_part(s, rows)
-    ids = sd.read_column("id")
-    errors = sum(1 for e in sd.read_column("error") if e)
-    extra = {"rows": len(ids), "unique_ids": len(set(ids)), "errors": errors, "tokens": tally.tokens(tier),
-             "nodes": tally.nodes(tier), "shards": len(sd.parts()), "resumed_shards": len(done),
-             "tier": tier, "generator": spec.model}
-    return StageResult(None, extra)
+                sd.write_part(s, instances.parse_outputs(by_shard[s], pending.pop(s), r.adapter, spec.model))
+
+
+class _KeptCounter:
+    """The filter stage's checks run over shards in plan order, counting what they would keep."""
+
+    def __init__(self, adapter, dedup, decontam):
+        self.adapter, self.dedup, self.decontam = adapter, dedup, decontam
+        self.generated = self.kept = 0
+
+    def add(self, rows: list[dict]) -> None:
+        self.generated += len(rows)
+        self.kept += sum(x["valid"] for x in filters.apply_filters(rows, self.adapter, self.dedup, self.decontam))
+
+
+def _kept_counter(r: Run, seed_rows) -> _KeptCounter:
+    return _KeptCounter(r.adapter, *_filter_state(r, seed_rows))
+
+
+def _filter_state(r: Run, seed_rows):
+    """A fresh deduplicator (seeds added) and decontaminator (eval questions), as the filter stage uses."""
+    fc = r.cfg.filter
+    dedup = filters.make_deduper(seed_rows, fc.near_duplicate_threshold, fc.num_perm, r.cfg.instances.count)
+    questions = [q for task in fc.decontaminate for q in eval_questions(task)]
+    decontam = filters.Decontaminator(questions, fc.decontaminate_threshold, fc.num_perm) if questions else None
+    return dedup, decontam
 
 
 def verify_stage(r: Run, sd: StageDir, made: StageDir):
@@ -231,14 +290,17 @@ def verify_stage(r: Run, sd: StageDir, made: StageDir):
 
 def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):
     """Stream the instance shards through the filters, one output part per input part."""
-    fc = r.cfg.filter
-    dedup = filters.make_deduper(seed_rows, fc.near_duplicate_threshold, fc.num_perm, r.cfg.instances.count)
-    questions = [q for task in fc.decontaminate for q in eval_questions(task)]
-    decontam = filters.Decontaminator(questions, fc.decontaminate_threshold, fc.num_perm) if questions else None
-    reasons: dict[str, int] = dict.fromkeys((*filters.REASONS, *r.adapter.reject_reasons), 0)  # zeros shown too
-    total = 0
+    fc, target = r.cfg.filter, r.cfg.instances.target_kept
+    dedup, decontam = _filter_state(r, seed_rows)
+    budget = ("over_budget",) if target else ()
+    reasons: dict[str, int] = dict.fromkeys((*filters.REASONS, *r.adapter.reject_reasons, *budget), 0)  # zeros too
+    total = kept = 0
     for part, path in made.parts().items():
         rows = filters.apply_filters(read_parquet_rows([path]), r.adapter, dedup, decontam)
+        for x in rows:  # equal budgets: rows past the target are marked, not dropped
+            kept += x["valid"]
+            if x["valid"] and target and kept > target:
+                x.update(valid=False, reject_reason="over_budget")
         sd.write_part(part, rows)
         total += len(rows)
         for x in rows:

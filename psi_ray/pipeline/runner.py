@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from psi_ray import carbon
 from psi_ray.config import JobConfig, ModelSpec
@@ -35,8 +37,10 @@ class Run:
     outlives its last stage (training gets the CPUs and GPUs back).
     """
 
-    def __init__(self, cfg: JobConfig, engine_uses: list[tuple[str, ModelSpec]] | None = None):
+    def __init__(self, cfg: JobConfig, engine_uses: list[tuple[str, ModelSpec]] | None = None,
+                 reuse: list[Path] = ()):
         self.cfg = cfg
+        self.reuse = [Path(d) for d in reuse]
         self.dir = cfg.run_dir()
         self.adapter = get_adapter(cfg.task.adapter)
         self.digests: list[str] = []
@@ -55,7 +59,7 @@ class Run:
         key = self.cfg.digest(*sections, "seed", "method") + upstream + salt
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.digests.append(digest)
-        if sd.finished(digest):
+        if sd.finished(digest) or self._copy_finished(sd, name, digest):
             print(f"[{name}] done already; reading {sd.path}")
             self._release_engines_after(name)
             return sd
@@ -78,6 +82,19 @@ class Run:
                            "energy": energy, "finished_at": time.time(), **extra})
         print(f"[{name}] {extra.get('rows')} rows, {extra.get('errors', 0)} errors, {energy['duration_s']:.1f}s")
         return sd
+
+    def _copy_finished(self, sd: StageDir, name: str, digest: str) -> bool:
+        """Copy stage ``name`` from a run in ``reuse`` that finished it with the same digest (the same config
+        up to here: ``psi-ray compare``'s arms share seeds, expand and principles); True if one did."""
+        if sd.parts():
+            return False
+        for run_dir in self.reuse:
+            other = StageDir.named(run_dir, name)
+            if (other.manifest() or {}).get("digest") == digest:
+                shutil.copytree(other.path, sd.path, dirs_exist_ok=True)
+                print(f"[{name}] same config as in {run_dir.name}: copied")
+                return True
+        return False
 
     def _release_engines_after(self, name: str) -> None:
         self.engine_uses = [(stage, spec) for stage, spec in self.engine_uses if stage != name]

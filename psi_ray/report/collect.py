@@ -184,7 +184,9 @@ def collect(run_dir) -> dict:
     stages, running, manifests = _stages(run_dir)
     method = cfg.get("method") or next((m.get("method") for m in manifests.values() if m.get("method")), "psi")
     models = _models(cfg, method)
-    expected = [s for s in STAGES if method == "psi" or s not in PSI_ONLY]
+    source = (manifests.get("summarize") or {}).get("source")  # principles that skipped M_L or clustering
+    skipped = ("expand", "cluster") if source == "file" else ("cluster",) if source else ()
+    expected = [s for s in STAGES if (method == "psi" or s not in PSI_ONLY) and s not in skipped]
     finished = "dataset" in manifests
     totals = {k: sum(s[k] for s in stages) for k in ENERGY}
     totals["duration_s"] = sum(s["duration_s"] for s in stages)

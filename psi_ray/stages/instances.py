@@ -10,6 +10,7 @@ token counts.
 
 from __future__ import annotations
 
+import math
 import random
 
 from psi_ray import prompts
@@ -56,3 +57,23 @@ def parse_outputs(planned: list[dict], generated: list[dict], adapter, generator
                     "prompt_tokens": g["prompt_tokens"], "output_tokens": g["output_tokens"],
                     "node_id": g.get("node_id")})
     return out
+
+
+FIRST_KEEP_RATE = 0.25
+"""The kept share assumed before any row is back (the default CPU job keeps about a quarter)."""
+WAVE_MARGIN = 1.1
+"""Each wave asks for 10% more rows than the kept share so far says it needs, so a run rarely needs one more."""
+
+
+def next_wave(generated: int, kept: int, target: int, cap: int, shard_size: int) -> int:
+    """How many more instances to generate (whole shards, within ``cap``) so that about ``target`` are kept;
+    0 once ``kept`` reaches ``target`` or ``generated`` reaches ``cap``.
+
+    The kept share so far is estimated as (kept + 1) / (generated + 4), so a first wave that keeps nothing
+    asks for a large second one rather than none, and the estimate starts at :data:`FIRST_KEEP_RATE`."""
+    if kept >= target or generated >= cap:
+        return 0
+    rate = (kept + 1) / (generated + 4) if generated else FIRST_KEEP_RATE
+    want = math.ceil((target - kept) / rate * WAVE_MARGIN)
+    want = -(-want // shard_size) * shard_size  # whole shards: a shard is the unit of writing and resume
+    return min(want, cap - generated)

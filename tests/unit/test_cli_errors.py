@@ -49,3 +49,17 @@ def test_models_lists_builtins():
     assert res.returncode == 0
     for name in ("smollm2-135m", "gemma3-270m", "minilm-l6"):
         assert name in res.stdout
+
+
+def test_compare_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    runs = str(tmp_path / "runs")
+    cases = [
+        (["--arms", "psi,psy,student"], "unknown arm(s) psy"),
+        (["--arms", "psi,teacher"], "must include 'student'"),
+        (["--kept", "0"], "--kept must be at least 1"),
+        (["--tasks", "gsm9k"], "unknown task(s) gsm9k"),
+        (["--principles-file", str(tmp_path / "none.yaml")], "no such file"),
+    ]
+    for extra, needle in cases:
+        assert_clean_error(run_cli("compare", "jobs/gsm8k_cpu.yaml", "--runs-dir", runs, *extra), needle)
+    assert not (tmp_path / "runs").exists()  # nothing half-written
