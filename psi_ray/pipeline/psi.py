@@ -199,9 +199,9 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
                 counter.add(read_parquet_rows([parts[shards[counted]]]))
                 counted += 1
             rows = instances.next_wave(counter.generated, counter.kept, target, len(plan), cfg.shard_size)
-            if not rows:
+            wave = shards[counted : counted + -(-rows // cfg.shard_size)] if rows > 0 else []
+            if not wave:
                 break
-            wave = shards[counted : counted + -(-rows // cfg.shard_size)]
             print(f"[instances] {counter.kept} of {target} rows kept after {counter.generated}: "
                   f"{len(wave)} more shard(s)")
             _generate_shards(r, sd, spec, [s for s in wave if s not in parts], by_shard, tally)
