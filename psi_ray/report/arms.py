@@ -136,11 +136,11 @@ def tables(data: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     energy = []
     for a, r in arms.items():
         g, p, q = r["generation"], r["generation"]["per_1k_kept"] or {}, r["generation"]["ratio_to_teacher"] or {}
-        t, e = r["train"], (r["train"]["energy"] or {})
+        t, e, v = r["train"], (r["train"]["energy"] or {}), (r["eval"]["energy"] or {})
         energy.append([a, num(g["energy_kwh"]) if g["measured"] else "–", num(p.get("energy_kwh")),
                        num(p.get("emissions_kg")), ratio(q.get("energy_kwh")),
                        num(g["output_tokens"].get("large")), num(g["output_tokens"].get("generator")),
-                       num(t["steps"]), num(t["final_loss"]), num(e.get("energy_kwh"))])
+                       num(t["steps"]), num(t["final_loss"]), num(e.get("energy_kwh")), num(v.get("energy_kwh"))])
     scores = []
     for task in data["tasks"]:
         for key in sorted({k for r in arms.values() for k in (r["eval"]["scores"] or {}).get(task, {})}):
@@ -160,7 +160,7 @@ def tables(data: dict) -> list[tuple[str, list[str], list[list[str]]]]:
          quality),
         ("Energy and training", ["arm", "kWh (generation)", "kWh / 1K kept", "kgCO2e / 1K kept",
                                  "kWh / 1K ÷ teacher", "M_L output tokens", "M_g output tokens", "train steps",
-                                 "final loss", "kWh (train)"], energy),
+                                 "final loss", "kWh (train)", "kWh (eval)"], energy),
         ("Scores against student (same questions)", ["task, metric", "model", "score", "− student",
                                                      "95% interval (paired bootstrap)", "McNemar p"], scores),
     ]
