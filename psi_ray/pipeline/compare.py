@@ -25,7 +25,8 @@ from pathlib import Path
 
 from psi_ray.config import JobConfig
 from psi_ray.errors import PsiRayError
-from psi_ray.rundir import DATASET_FILE, SCORES_FILE, StageDir, atomic_write_text, model_dir
+from psi_ray.report.arms import REFERENCE
+from psi_ray.rundir import SCORES_FILE, StageDir, atomic_write_text, model_dir
 
 ARMS = {
     "psi": ("psi", "summaries", "M_g writes, guided by M_L's clustered and summarized principles"),
@@ -36,7 +37,6 @@ ARMS = {
     "handwritten": ("psi", "summaries", "M_g with principles from a file (principles.source: file)"),
 }
 """arm → (method, instances.guidance, what it is)."""
-REFERENCE = "student"  # every arm is compared with the small model writing alone
 BUILTIN_PRINCIPLES = {"gsm8k": "builtin:gsm8k_principles.yaml", "mmlu": "builtin:mmlu_principles.yaml"}
 
 
@@ -146,17 +146,10 @@ def eval_model(model: str, out: Path, cfg: JobConfig, spec: CompareSpec) -> dict
     print(f"\n=== eval {out.name}: {model}")
     cc = cfg.carbon
     with carbon.measure(f"eval-{out.name}", cc.country_iso_code, str(out.parent / ".carbon"), cc.enabled) as energy:
-        report = evaluate(model, list(spec.tasks), out / "_partial", limit=spec.questions,
-                          max_gen_tokens=cfg.eval.max_gen_tokens, concurrency=cfg.eval.concurrency,
-                          engine=cfg.eval.engine)
-    report["energy"] = energy
-    partial = out / "_partial"
-    for f in partial.iterdir():  # scores last: a folder with scores is a finished eval
-        if f.name != SCORES_FILE:
-            f.replace(out / f.name)
+        report = evaluate(model, list(spec.tasks), out, limit=spec.questions, max_gen_tokens=cfg.eval.max_gen_tokens,
+                          concurrency=cfg.eval.concurrency, engine=cfg.eval.engine)
+    report["energy"] = energy  # evaluate writes scores.json last, so its presence marks a finished eval
     atomic_write_text(out / SCORES_FILE, json.dumps(report, indent=2))
-    (partial / SCORES_FILE).unlink(missing_ok=True)
-    partial.rmdir()
     return report
 
 
@@ -181,6 +174,3 @@ def compare(cfg: JobConfig, spec: CompareSpec) -> Path:
         eval_model(str(model_dir(arm_config(cfg, arm, spec).run_dir())), eval_dir / arm, cfg, spec)
     return write_compare(out, spec, steps, {arm: ARMS[arm][2] for arm in spec.arms})
 
-
-def dataset_path(run_dir: Path) -> Path:
-    return StageDir.named(run_dir, "dataset").path / DATASET_FILE

@@ -192,7 +192,7 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
     if target is None:
         _generate_shards(r, sd, spec, [s for s in sorted(by_shard) if s not in done], by_shard, tally)
     else:
-        counter, shards, counted = _kept_counter(r, seed_rows), sorted(by_shard), 0
+        counter, shards, counted = _KeptCounter(r.adapter, *_filter_state(r, seed_rows)), sorted(by_shard), 0
         while True:
             parts = sd.parts()
             while counted < len(shards) and shards[counted] in parts:  # count finished shards in plan order
@@ -239,10 +239,6 @@ class _KeptCounter:
     def add(self, rows: list[dict]) -> None:
         self.generated += len(rows)
         self.kept += sum(x["valid"] for x in filters.apply_filters(rows, self.adapter, self.dedup, self.decontam))
-
-
-def _kept_counter(r: Run, seed_rows) -> _KeptCounter:
-    return _KeptCounter(r.adapter, *_filter_state(r, seed_rows))
 
 
 def _filter_state(r: Run, seed_rows):

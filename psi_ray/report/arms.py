@@ -14,7 +14,7 @@ from pathlib import Path
 
 from psi_ray.report.fmt import num, pct, ratio
 
-REFERENCE = "student"
+REFERENCE = "student"  # every arm is compared with the small model writing alone
 
 
 def _json(path: Path) -> dict:
@@ -76,6 +76,8 @@ def arm_row(out: Path, arm: str, tasks: list[str]) -> dict:
 
 def collect_compare(out: Path, spec, steps: int, described: dict[str, str]) -> dict:
     """The whole comparison as one dict (``compare.json``); ``described`` says what each arm is."""
+    from psi_ray.evaluate.paired import compare as paired
+
     tasks = list(spec.tasks)
     rows = {arm: {"description": described[arm], **arm_row(out, arm, tasks)} for arm in spec.arms}
     teacher = (rows.get("teacher") or {}).get("generation", {}).get("per_1k_kept")
@@ -85,8 +87,6 @@ def collect_compare(out: Path, spec, steps: int, described: dict[str, str]) -> d
             {k: p[k] / teacher[k] if teacher[k] else None for k in ("energy_kwh", "emissions_kg")}
             if p and teacher else None)
     base = _json(out / "eval" / "base" / "scores.json")
-    from psi_ray.evaluate.paired import compare as paired
-
     base_vs = paired(out / "eval" / REFERENCE, out / "eval" / "base", tasks) if base else {}
     return {"job": out.name.removesuffix("-compare"), "reference": REFERENCE, "kept_target": spec.kept,
             "max_attempts": spec.max_attempts, "train_steps": steps, "questions": spec.questions, "tasks": tasks,
@@ -100,7 +100,12 @@ def main_metric(task: str) -> str:
     """The ``"<metric> (<filter>)"`` key the paired comparison uses for ``task``'s headline metric."""
     from psi_ray.evaluate import TASKS
 
-    name, _, flt = TASKS[task].main_metric.partition(",")
+    return metric_label(TASKS[task].main_metric)
+
+
+def metric_label(key: str) -> str:
+    """lm-eval's ``"name,filter"`` as the paired comparison names it: ``"name (filter)"``."""
+    name, _, flt = key.partition(",")
     return name + (f" ({flt})" if flt and flt != "none" else "")
 
 
@@ -144,8 +149,7 @@ def tables(data: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     scores = []
     for task in data["tasks"]:
         for key in sorted({k for r in arms.values() for k in (r["eval"]["scores"] or {}).get(task, {})}):
-            metric = key.partition(",")[0] + (f" ({key.partition(',')[2]})" if key.partition(",")[2] not in
-                                              ("", "none") else "")
+            metric = metric_label(key)
             base = (data["base"]["scores"] or {}).get(task, {}).get(key)
             bvs = data["base"]["vs_student"].get(f"{task} {metric}")
             scores.append([f"{task} {metric}", "base (untrained)", num(base), *_vs(bvs)])
