@@ -19,6 +19,7 @@ them as if it had run them alone. Every step resumes: finished stages, trainings
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,20 +136,47 @@ def train_arm(cfg: JobConfig, arm: str, spec: CompareSpec, steps: int) -> Path:
     return run(JobConfig.model_validate(data))
 
 
+def weights_digest(model: str) -> str | None:
+    """A digest of a local model folder's files (None for a model name): a retrained arm gets a new one."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def eval_key(model: str, cfg: JobConfig, spec: CompareSpec) -> dict:
+    """What an eval's scores depend on; saved scores are reused only when their key is this one."""
+    return {"model": model, "weights": weights_digest(model), "tasks": list(spec.tasks), "questions": spec.questions,
+            "max_gen_tokens": cfg.eval.max_gen_tokens, "engine": cfg.eval.engine}
+
+
 def eval_model(model: str, out: Path, cfg: JobConfig, spec: CompareSpec) -> dict:
-    """Score one model on the compare's questions (skipped when ``out`` holds its scores); its energy beside."""
+    """Score one model on the compare's questions (skipped when ``out`` holds scores of the same model, weights
+    and questions); its energy beside."""
     from psi_ray import carbon
     from psi_ray.evaluate import evaluate
 
+    key = eval_key(model, cfg, spec)
     if (out / SCORES_FILE).exists():
-        print(f"[eval] {out.name}: scored already ({out / SCORES_FILE})")
-        return json.loads((out / SCORES_FILE).read_text())
+        saved = json.loads((out / SCORES_FILE).read_text())
+        if saved.get("key") == key:
+            print(f"[eval] {out.name}: scored already ({out / SCORES_FILE})")
+            return saved
+        print(f"[eval] {out.name}: the saved scores are of another model, weights or questions; scoring again")
+        (out / SCORES_FILE).unlink()
     print(f"\n=== eval {out.name}: {model}")
     cc = cfg.carbon
     with carbon.measure(f"eval-{out.name}", cc.country_iso_code, str(out.parent / ".carbon"), cc.enabled) as energy:
         report = evaluate(model, list(spec.tasks), out, limit=spec.questions, max_gen_tokens=cfg.eval.max_gen_tokens,
                           concurrency=cfg.eval.concurrency, engine=cfg.eval.engine)
     report["energy"] = energy  # evaluate writes scores.json last, so its presence marks a finished eval
+    report["key"] = key
     atomic_write_text(out / SCORES_FILE, json.dumps(report, indent=2))
     return report
 

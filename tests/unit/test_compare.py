@@ -193,3 +193,31 @@ def test_reading_says_when_no_arm_differs():
                              "every 95% interval holds 0."]
     data["arms"]["psi"] = arm(0.06, 0.02, 0.10)
     assert "beyond its 95% interval: psi (+0.060, interval +0.020 … +0.100)" in reading(data)[0]
+
+
+def test_saved_scores_are_reused_only_for_the_same_weights_and_questions(tmp_path, monkeypatch):
+    """A compare run again with another --kept retrains the arms: their old scores must not be taken."""
+    import psi_ray.evaluate as evaluate_pkg
+    from psi_ray.pipeline.compare import eval_model
+
+    calls = []
+
+    def scored(model, tasks, out, limit=None, **_):
+        calls.append((model, limit))
+        return {"tasks": {"gsm8k": {"strict": 0.1}}}
+
+    monkeypatch.setattr(evaluate_pkg, "evaluate", scored)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights one")
+    cfg = JobConfig(name="j", runs_dir=str(tmp_path), carbon={"enabled": False})
+    out = tmp_path / "eval" / "psi"
+    out.mkdir(parents=True)
+    eval_model(str(model), out, cfg, spec())
+    eval_model(str(model), out, cfg, spec())
+    assert len(calls) == 1  # same weights, same questions: reused
+    (model / "model.safetensors").write_bytes(b"weights two")  # retrained
+    eval_model(str(model), out, cfg, spec())
+    assert len(calls) == 2
+    eval_model(str(model), out, cfg, spec(questions=100))
+    assert calls[-1] == (str(model), 100)
