@@ -38,7 +38,13 @@ def cmd_compare(args) -> int:
     cfg = load_config(args.config, {"runs_dir": args.runs_dir})
     if args.kept < 1 or args.max_attempts < 1 or args.questions < 0:
         raise PsiRayError("--kept must be at least 1, --max-attempts at least 1.0 and --questions at least 0 (all)")
-    spec = CompareSpec(arms=parse_arms(args.arms), kept=args.kept, max_attempts=args.max_attempts,
+    arms = args.arms
+    if args.subsets:
+        values = [v.strip() for v in args.subsets.split(",") if v.strip()]
+        if not values or not all(v.isdigit() and int(v) > 0 for v in values):
+            raise PsiRayError(f"--subsets takes positive whole numbers, comma-separated (e.g. 1,5,10), got {args.subsets!r}")
+        arms += "," + ",".join(f"psi-T{int(v)}" for v in values)
+    spec = CompareSpec(arms=parse_arms(arms), kept=args.kept, max_attempts=args.max_attempts,
                        questions=args.questions or None, tasks=tuple(parse_tasks(args.tasks or cfg.eval.tasks)),
                        principles_file=args.principles_file)
     out = compare(cfg, spec)
@@ -112,7 +118,10 @@ def register(sub) -> None:
                    "are every arm's")
     p.add_argument("--arms", default="psi,student,teacher,placebo,no-cluster,handwritten",
                    help="comma-separated, must include student (default: all six: psi, student, teacher, placebo, "
-                   "no-cluster, handwritten)")
+                   "no-cluster, handwritten); psi-T<k> is psi with k principle subsets")
+    p.add_argument("--subsets", default=None, metavar="T1,T2,...",
+                   help="the T sweep in the same compare: adds a psi-T<k> arm (psi with principles.subsets=k) for each "
+                   "value, e.g. --arms student --subsets 1,5,10")
     p.add_argument("--kept", type=int, default=64, help="kept rows every arm trains on (default 64)")
     p.add_argument("--max-attempts", type=float, default=16.0,
                    help="an arm may generate this many times --kept instances to reach it (default 16: the "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,9 @@ ARMS = {
     "no-cluster": ("psi", "low_level", "M_g with M_L's raw low-level principles: no clustering, no summaries"),
     "handwritten": ("psi", "summaries", "M_g with principles from a file (principles.source: file)"),
 }
-"""arm → (method, instances.guidance, what it is)."""
+"""arm → (method, instances.guidance, what it is). Beside these, ``psi-T<k>`` is the psi arm with principles from
+``k`` random seed subsets (``principles.subsets``): the paper's T sweep is ``--arms student,psi-T1,psi-T5,psi-T10``."""
+SUBSETS_ARM = re.compile(r"psi-T([1-9][0-9]*)")
 BUILTIN_PRINCIPLES = {"gsm8k": "builtin:gsm8k_principles.yaml", "mmlu": "builtin:mmlu_principles.yaml"}
 
 
@@ -51,11 +54,26 @@ class CompareSpec:
     principles_file: str | None = None  # the handwritten arm's (default: the task's built-in file)
 
 
+def subsets_of(arm: str) -> int | None:
+    """T of a ``psi-T<k>`` arm (None for the named arms)."""
+    m = SUBSETS_ARM.fullmatch(arm)
+    return int(m[1]) if m else None
+
+
+def describe(arm: str) -> tuple[str, str, str]:
+    """(method, instances.guidance, what it is) of any arm, ``psi-T<k>`` included."""
+    t = subsets_of(arm)
+    if t is not None:
+        return "psi", "summaries", f"psi with principles from T={t} random seed subsets (at most T clusters)"
+    return ARMS[arm]
+
+
 def parse_arms(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
-    unknown = [a for a in names if a not in ARMS]
+    unknown = [a for a in names if a not in ARMS and subsets_of(a) is None]
     if unknown or not names:
-        raise PsiRayError(f"unknown arm(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(ARMS)}")
+        raise PsiRayError(f"unknown arm(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(ARMS)}, "
+                          "or psi-T<k> (psi with k principle subsets, e.g. psi-T5)")
     if REFERENCE not in names:
         raise PsiRayError(f"the arms must include '{REFERENCE}': every arm is compared with it")
     return names
@@ -68,11 +86,14 @@ def compare_dir(cfg: JobConfig) -> Path:
 def arm_config(cfg: JobConfig, arm: str, spec: CompareSpec) -> JobConfig:
     """The job as arm ``arm`` runs it: its method and guidance, the kept-rows target and attempts cap, its own
     run directory, eval left to the compare (train switched on by :func:`train_arm`)."""
-    method, guidance, _ = ARMS[arm]
+    method, guidance, _ = describe(arm)
     data = cfg.model_dump()
     shards = -(-int(spec.kept * spec.max_attempts) // cfg.shard_size)
     data.update(method=method, runs_dir=str(compare_dir(cfg)), run_id=arm)
     data["instances"].update(guidance=guidance, target_kept=spec.kept, count=max(shards * cfg.shard_size, spec.kept))
+    if subsets_of(arm) is not None:  # at most one cluster per subset: the job's count, or T when T is smaller
+        data["principles"]["subsets"] = subsets_of(arm)
+        data["cluster"]["num_clusters"] = min(cfg.cluster.num_clusters, subsets_of(arm))
     if arm == "handwritten":
         data["principles"].update(source="file", file=str(handwritten_file(cfg, spec)))
     data["train"]["enabled"] = False
@@ -116,7 +137,7 @@ def steps_for(cfg: JobConfig, rows: int) -> int:
 def generate_arm(cfg: JobConfig, arm: str, spec: CompareSpec, done: list[Path]) -> Path:
     from psi_ray.pipeline.psi import run
 
-    print(f"\n=== arm {arm}: {ARMS[arm][2]}")
+    print(f"\n=== arm {arm}: {describe(arm)[2]}")
     return run(arm_config(cfg, arm, spec), reuse=done)
 
 
@@ -191,7 +212,7 @@ def compare(cfg: JobConfig, spec: CompareSpec) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare_spec.json", json.dumps({**spec.__dict__, "job": cfg.name}, indent=2))
     done: list[Path] = []
-    for arm in sorted(spec.arms, key=lambda a: a != "psi"):  # psi first: placebo and no-cluster reuse its stages
+    for arm in sorted(spec.arms, key=lambda a: a != "psi"):  # psi first: placebo, no-cluster, psi-T<k> reuse its stages
         done.append(generate_arm(cfg, arm, spec, done))
     steps = steps_for(cfg, spec.kept)
     for arm in spec.arms:
@@ -200,5 +221,5 @@ def compare(cfg: JobConfig, spec: CompareSpec) -> Path:
     eval_model(cfg.train.model, eval_dir / "base", cfg, spec)
     for arm in spec.arms:
         eval_model(str(model_dir(arm_config(cfg, arm, spec).run_dir())), eval_dir / arm, cfg, spec)
-    return write_compare(out, spec, steps, {arm: ARMS[arm][2] for arm in spec.arms})
+    return write_compare(out, spec, steps, {arm: describe(arm)[2] for arm in spec.arms})
 

@@ -59,6 +59,8 @@ def test_compare_bad_input_is_one_line_and_writes_nothing(tmp_path):
         (["--kept", "0"], "--kept must be at least 1"),
         (["--tasks", "gsm9k"], "unknown task(s) gsm9k"),
         (["--principles-file", str(tmp_path / "none.yaml")], "no such file"),
+        (["--subsets", "1,five"], "--subsets takes positive whole numbers"),
+        (["--arms", "student,psi-T0"], "unknown arm(s) psi-T0"),
     ]
     for extra, needle in cases:
         assert_clean_error(run_cli("compare", "jobs/gsm8k_cpu.yaml", "--runs-dir", runs, *extra), needle)

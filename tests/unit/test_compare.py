@@ -110,11 +110,31 @@ def test_every_arm_is_the_job_with_its_own_changes(tmp_path):
     assert arms["psi"].principles.source == "model"
 
 
+def test_a_t_sweep_is_psi_arms_that_differ_only_in_principle_subsets(tmp_path):
+    from psi_ray.pipeline.compare import arm_config, parse_arms
+
+    cfg = JobConfig(name="j", runs_dir=str(tmp_path), shard_size=50, principles={"subsets": 4})
+    arms = parse_arms("student,psi-T1,psi-T10")
+    configs = {a: arm_config(cfg, a, spec(arms=arms)) for a in arms}
+    assert configs["psi-T1"].principles.subsets == 1 and configs["psi-T10"].principles.subsets == 10
+    assert configs["psi-T1"].cluster.num_clusters == 1 and configs["psi-T10"].cluster.num_clusters == 4
+    psi = arm_config(cfg, "psi", spec()).model_dump()
+    for a in ("psi-T1", "psi-T10"):
+        data = configs[a].model_dump()
+        assert configs[a].run_dir() == tmp_path / "j-compare" / a
+        assert {k for k in data if data[k] != psi[k]} <= {"principles", "cluster", "run_id"}
+        assert {k for k in data["principles"] if data["principles"][k] != psi["principles"][k]} == {"subsets"}
+
+
 def test_arm_names_are_checked():
     from psi_ray.errors import PsiRayError
     from psi_ray.pipeline.compare import parse_arms
 
     assert parse_arms("psi, student,psi") == ("psi", "student")
+    assert parse_arms("student,psi-T5") == ("student", "psi-T5")
+    for bad in ("psi-T0", "psi-T", "psi-t5", "psi-T5x"):
+        with pytest.raises(PsiRayError, match=f"unknown arm.*{bad}"):
+            parse_arms(f"student,{bad}")
     with pytest.raises(PsiRayError, match="unknown arm.*psy"):
         parse_arms("psy,student")
     with pytest.raises(PsiRayError, match="must include 'student'"):
