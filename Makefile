@@ -59,6 +59,8 @@ bench: install engine-libs
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/serve_load.py --engine vllm --stream --requests 200
+	$(BIN)/python bench/loglik_agree.py
 
 lint: install
 	$(BIN)/ruff check psi_ray tests bench

@@ -1,7 +1,9 @@
 """Load on the served model: N completion requests at concurrency C, errors, requests/s, p50/p99 latency.
 
-Serves the built-in model with ``psi-ray``'s Ray Serve app (or hits ``--endpoint``), sends ``--requests``
-short completion requests with ``--concurrency`` in flight, and counts every non-200 answer as an error.
+Serves the built-in model with ``psi-ray``'s Ray Serve app (``--engine hf``, the own deployment, or ``vllm``,
+ray.serve.llm; or hits ``--endpoint``), sends ``--requests`` short completion requests with ``--concurrency``
+in flight, and counts every non-200 answer as an error. With ``--stream`` every request streams (SSE) and the
+time to first token (p50/p99) is measured too: the time until the first chunk with text arrives.
 Unless ``--no-compare``, the batching ratio follows: the same smaller load against Serve's batching on
 (max_batch_size = concurrency) and off (max_batch_size 1), both measured alike in this one run: each side is
 deployed fresh (the previous app deleted first, so no request reaches an old replica), gets the same warm-up
@@ -25,20 +27,49 @@ def body(i: int, model: str, max_tokens: int) -> dict:
             "max_tokens": max_tokens, "temperature": 0.7, "seed": i}
 
 
-async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
+async def streamed(client, url: str, payload: dict, t0: float) -> tuple[bool, float | None, str]:
+    """One streamed completion: (finished well, seconds to the first chunk with text, what went wrong)."""
+    first, done, finish = None, False, None
+    async with client.stream("POST", f"{url}/completions", json={**payload, "stream": True}) as r:
+        if r.status_code != 200:
+            return False, None, f"{r.status_code}: {(await r.aread())[:120]!r}"
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                done = True
+                continue
+            choice = json.loads(line[6:])["choices"][0]
+            if first is None and choice.get("text"):
+                first = time.perf_counter() - t0
+            finish = choice.get("finish_reason") or finish
+    ok = done and finish in ("stop", "length")
+    return ok, first, "" if ok else f"stream ended without [DONE] or a finish reason ({finish})"
+
+
+async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int, stream: bool = False,
+               api_key: str | None = None) -> dict:
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
-    latencies, errors = [], []
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
+    latencies, ttfts, errors = [], [], []
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency),
+                                 headers=headers) as client:
         async def one(i):
             async with sem:
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(f"{url}/completions", json=body(i, model, max_tokens))
-                    ok = r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+                    if stream:
+                        ok, first, why = await streamed(client, url, body(i, model, max_tokens), t0)
+                        if first is not None:
+                            ttfts.append(first)
+                    else:
+                        r = await client.post(f"{url}/completions", json=body(i, model, max_tokens))
+                        ok = r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+                        why = f"{r.status_code}: {r.text[:120]}"
                     if not ok:
-                        errors.append(f"{r.status_code}: {r.text[:120]}")
+                        errors.append(why)
                 except httpx.HTTPError as exc:
                     errors.append(repr(exc))
                 latencies.append(time.perf_counter() - t0)
@@ -47,15 +78,25 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
         await asyncio.gather(*(one(i) for i in range(n)))
         wall = time.perf_counter() - t0
     q = statistics.quantiles(latencies, n=100)
-    return {"requests": n, "concurrency": concurrency, "errors": len(errors), "first_errors": errors[:3],
-            "wall_s": round(wall, 2), "requests_per_s": round(n / wall, 2), "p50_s": round(q[49], 3),
-            "p99_s": round(q[98], 3)}
+    out = {"requests": n, "concurrency": concurrency, "errors": len(errors), "first_errors": errors[:3],
+           "wall_s": round(wall, 2), "requests_per_s": round(n / wall, 2), "p50_s": round(q[49], 3),
+           "p99_s": round(q[98], 3)}
+    if stream and len(ttfts) > 1:
+        t = statistics.quantiles(ttfts, n=100)
+        out.update(ttft_p50_s=round(t[49], 3), ttft_p99_s=round(t[98], 3))
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="model to serve (ignored with --endpoint)")
     ap.add_argument("--endpoint", default=None, help="an already running http://HOST:PORT/v1")
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                    help="the app served: hf (the own deployment; its batching ratio follows) or vllm "
+                    "(ray.serve.llm, streams)")
+    ap.add_argument("--stream", action="store_true", help="stream every request (SSE) and measure time to first "
+                    "token (needs an engine that streams: vllm)")
+    ap.add_argument("--api-key-env", default=None, help="env var holding the endpoint's key")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=16)
@@ -63,9 +104,12 @@ def main() -> int:
     ap.add_argument("--no-compare", action="store_true")
     args = ap.parse_args()
 
+    import os
+
     from psi_ray import serve
     from psi_ray.evaluate.run import free_port, served_name
 
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     port = free_port()
     deployed: list[int] = []
 
@@ -75,17 +119,19 @@ def main() -> int:
         if url is None:
             if deployed:
                 serve.stop()
-            url = serve.start(args.model, port=port, name="bench", engine="hf", max_batch_size=max_batch_size)
+            own = {"max_batch_size": max_batch_size} if args.engine == "hf" else {"max_model_len": 1024}
+            url = serve.start(args.model, port=port, name="bench", engine=args.engine, **own)
             deployed.append(max_batch_size)
-        name = served_name(url, None)
-        asyncio.run(load(url, name, args.concurrency, args.concurrency, args.max_tokens))  # warm-up, not counted
+        name = served_name(url, api_key)
+        asyncio.run(load(url, name, args.concurrency, args.concurrency, args.max_tokens, args.stream,
+                         api_key))  # warm-up, not counted
         return url, name
 
     url, name = deploy(args.concurrency)
-    main_run = asyncio.run(load(url, name, args.requests, args.concurrency, args.max_tokens))
+    main_run = asyncio.run(load(url, name, args.requests, args.concurrency, args.max_tokens, args.stream, api_key))
     print(json.dumps({"load": main_run}))
     result = {"load": main_run}
-    if not args.no_compare and args.endpoint is None:
+    if not args.no_compare and args.endpoint is None and args.engine == "hf":
         sides = {}
         for side, max_batch_size in (("batched", args.concurrency), ("unbatched", 1)):
             url, name = deploy(max_batch_size)
@@ -100,6 +146,8 @@ def main() -> int:
         serve.stop()
     print(f"\n{main_run['requests']} requests at concurrency {main_run['concurrency']}: {main_run['errors']} errors, "
           f"{main_run['requests_per_s']} requests/s, p50 {main_run['p50_s']} s, p99 {main_run['p99_s']} s")
+    if "ttft_p50_s" in main_run:
+        print(f"time to first token: p50 {main_run['ttft_p50_s']} s, p99 {main_run['ttft_p99_s']} s (streamed)")
     if "batching" in result:
         b = result["batching"]
         print(f"Serve batching: {b['batched_rps']} vs {b['unbatched_rps']} requests/s unbatched -> {b['ratio']}x")

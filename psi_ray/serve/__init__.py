@@ -64,7 +64,12 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
     served = args.served_name(resolve_model(model))
     init_ray()
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
-    url = base_url(host, port, route_prefix)
+    actual_host, actual_port = listening()
+    if (actual_host, actual_port) != (host, port):  # Serve already ran on the cluster: its proxy stays where it is
+        check_exposure(actual_host, api_key_env, allow_no_key)
+        print(f"note: Ray Serve already runs on this cluster at {actual_host}:{actual_port}; the model is served "
+              "there (--host and --port apply only when Serve starts)")
+    url = base_url(actual_host, actual_port, route_prefix)
     if app_name(served) in serve.status().applications:
         raise PsiRayError(f"'{served}' is already served on this Ray cluster (application {app_name(served)}); "
                           "stop it first or serve this model under another --name")
@@ -80,6 +85,16 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
         hint = "; serve under another --route-prefix" if "is being used by application" in why else ""
         raise PsiRayError(f"could not start the Serve app: {why}{hint}") from None
     return url
+
+
+def listening() -> tuple[str, int]:
+    """Host and port Serve's HTTP proxy listens on. ``serve.start`` keeps the options Serve first started with
+    (a later call's host and port are ignored with a log line), so a URL built from the asked-for port could
+    point at nothing: eval on a cluster whose Serve runs on another port did that."""
+    from ray.serve.context import _get_global_client  # Ray 2.60 has no public getter for the running options
+
+    http = _get_global_client().http_config
+    return http.host, http.port
 
 
 def wait_ready(base_url: str, name: str, timeout_s: float, api_key: str | None = None) -> None:

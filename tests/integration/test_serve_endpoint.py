@@ -138,13 +138,15 @@ def test_two_models_share_the_cluster_and_stop_alone(served, tiny_model):
 
     from psi_ray import serve
     from psi_ray.errors import PsiRayError
+    from psi_ray.evaluate.run import free_port
 
     url, _ = served
     port = urlparse(url).port
-    second = serve.start(str(tiny_model), port=port, name="tiny", engine="hf", api_key_env=KEY_ENV, threads=1,
+    other_port = free_port()  # Serve already listens on `port`: the second model is served there, and says so
+    second = serve.start(str(tiny_model), port=other_port, name="tiny", engine="hf", api_key_env=KEY_ENV, threads=1,
                          route_prefix="/tiny")
     try:
-        assert second == f"http://127.0.0.1:{port}/tiny/v1"
+        assert other_port != port and second == f"http://127.0.0.1:{port}/tiny/v1"
         for base, name in ((url, "smol"), (second, "tiny")):
             models = httpx.get(f"{base}/models", headers={"Authorization": "Bearer test-key-123"}).json()
             assert [m["id"] for m in models["data"]] == [name]

@@ -1,0 +1,151 @@
+"""The thin layer psi-ray keeps in front of ``ray.serve.llm``'s OpenAI app: what the library does not do.
+
+:class:`Guard` is ASGI middleware on the library's own FastAPI app (``vllm_app.build_vllm_app``). Before a
+request reaches the ingress it
+- requires ``Authorization: Bearer <key>`` on every route, docs and ``/openapi.json`` included, compared in
+  constant time (the library's ingress has no key check);
+- refuses a body over :data:`~psi_ray.serve.protocol.MAX_BODY_BYTES` with 413 on every route (from
+  Content-Length before reading, and while reading);
+- validates completions and chat requests with the same schemas as the own deployment (invalid JSON, huge
+  integers, deep nesting, out-of-range seeds and temperatures, more than 4 stop strings, more than 256
+  generations, logprobs over 20), so a bad request is a 400 for its sender alone and never reaches a batch.
+  Streaming and ``response_format`` pass: vLLM does both.
+Errors are OpenAI-shaped JSON. The body is handed on unchanged; responses, streams included, pass through. A
+browser's CORS preflight (no key, no body) passes to the library's CORS middleware.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+from pydantic import BaseModel, Field
+from starlette.datastructures import Secret
+
+from psi_ray.serve.protocol import (
+    MAX_BODY_BYTES,
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    check_auth,
+    check_body_size,
+    parse,
+)
+
+
+class _AsVllmTakesIt(BaseModel):
+    """What vLLM accepts beyond the own deployment: streaming, guided decoding, null for a default."""
+
+    STREAMING: ClassVar[bool] = True
+    GUIDED: ClassVar[bool] = True
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(1, ge=1, le=16)
+    stream: bool | None = False
+
+
+class VllmCompletionRequest(_AsVllmTakesIt, CompletionRequest):
+    """``/v1/completions`` as vLLM takes it."""
+
+    echo: bool | None = False
+
+
+class VllmChatRequest(_AsVllmTakesIt, ChatRequest):
+    """``/v1/chat/completions`` as vLLM takes it: message content may also be a list of parts, or null."""
+
+    messages: list[dict] = Field(min_length=1)
+
+
+CHECKED = {"/v1/completions": VllmCompletionRequest, "/v1/chat/completions": VllmChatRequest}
+
+
+def schema_for(path: str):
+    """The schema a request path is validated with (None: only the key and size are checked)."""
+    return next((s for tail, s in CHECKED.items() if path.rstrip("/").endswith(tail)), None)
+
+
+def check_request(path: str, body: bytes) -> None:
+    """Raise :class:`APIError` when the body of a request to ``path`` is not one the engine should see."""
+    schema = schema_for(path)
+    if schema is None:
+        return
+    req = parse(body, schema)
+    if isinstance(req, CompletionRequest):
+        req.prompts()  # prompts x n within the per-request limit
+
+
+class Guard:
+    """ASGI middleware: key, size and request checks before ``app`` (see the module docstring).
+
+    ``api_key`` may be a starlette ``Secret`` (what ``vllm_app`` passes, so the app's middleware list never
+    shows the key in a log)."""
+
+    def __init__(self, app, api_key: str | Secret | None = None):
+        self.app = app
+        self._api_key = str(api_key) if api_key else None
+
+    def __repr__(self) -> str:  # never show the key
+        return "Guard()"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope.get("method") == "OPTIONS" and "access-control-request-method" in headers:
+            return await self.app(scope, receive, send)  # a browser's CORS preflight carries no key and no data
+        try:
+            check_auth(headers.get("authorization"), self._api_key)
+            if scope.get("method") not in BODY_METHODS:
+                return await self.app(scope, receive, send)
+            declared = headers.get("content-length", "")
+            if declared.isascii() and declared.isdigit():
+                check_body_size(int(declared))
+            body = await read_body(receive)
+            if body is None:
+                return None  # the client went away mid-body: nobody to answer
+            check_request(scope["path"], body)
+        except APIError as exc:
+            return await send_json(send, exc.status, exc.body())
+        return await self.app(scope, replay(body, receive), send)
+
+
+BODY_METHODS = ("POST", "PUT", "PATCH")  # every route's body is held to the size limit, checked or not
+
+
+async def read_body(receive) -> bytes | None:
+    """The whole request body (None if the client disconnected first); 413 as soon as it grows past the limit."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        check_body_size(size)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    """A ``receive`` that hands the already-read body on once, then defers to the real one (disconnects)."""
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
+
+
+async def send_json(send, status: int, payload: dict) -> None:
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+__all__ = ["Guard", "MAX_BODY_BYTES", "check_request"]
