@@ -121,12 +121,12 @@ def test_rayservice_serves_psi_ray_app():
 
 
 def test_rayservice_requires_a_key_from_a_secret():
-    """The served app checks a bearer key (own deployment), and every pod reads it from the Secret, so the
+    """The served app checks a bearer key (either engine), and every pod reads it from the Secret, so the
     builder finds it wherever Serve runs it."""
     [(_, svc)] = [(n, d) for n, d in kuberay_docs() if d["kind"] == "RayService"]
     [app] = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
     var = app["args"]["api_key_env"]
-    assert var and app["args"]["engine"] == "hf"  # the vllm engine takes no key (build_app refuses the pair)
+    assert var and app["args"]["engine"] == "auto"  # vLLM where the replica has a GPU; both engines check the key
     cluster = svc["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
     for pod in pods:
