@@ -31,8 +31,8 @@ def base_url(host: str, port: int, route_prefix: str = "/") -> str:
 def check_exposure(host: str, api_key_env: str | None, allow_no_key: bool) -> None:
     """Refuse to serve beyond this machine without a key unless the user says so (``--allow-no-key``)."""
     if host not in LOOPBACK and not api_key_env and not allow_no_key:
-        raise PsiRayError(f"--host {host} serves the model to the network without a key: pass --api-key-env VAR "
-                          "(hf engine), or --allow-no-key to serve it open on purpose")
+        raise PsiRayError(f"--host {host} serves the model to the network without a key: pass --api-key-env VAR, "
+                          "or --allow-no-key to serve it open on purpose")
 
 
 def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,

@@ -27,7 +27,6 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from psi_ray.backends.hf_core import CompletionEngine, GenSettings
-from psi_ray.runtime import cuda_available
 from psi_ray.serve.args import ServeArgs
 from psi_ray.serve.protocol import (
     APIError,
@@ -202,13 +201,10 @@ def build_app(args: ServeArgs | dict):
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:
         raise PsiRayError(f"--api-key-env names {args.api_key_env}, but that environment variable is empty")
-    engine = args.engine
-    if engine == "auto":
-        engine = "vllm" if cuda_available() else "hf"
-    if engine == "vllm":
+    if args.resolved_engine() == "vllm":
         from psi_ray.serve.vllm_app import build_vllm_app
 
         return build_vllm_app(model, name, args, api_key)
-    gpus = args.num_gpus if args.num_gpus is not None else (1 if cuda_available() else 0)
+    gpus = args.num_gpus if args.num_gpus is not None else (1 if args.on_gpu() else 0)
     return OpenAIServer.options(ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": gpus}).bind(
         model, name, api_key, args.threads, args.max_batch_size)

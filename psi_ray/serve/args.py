@@ -24,7 +24,9 @@ class ServeArgs(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch threads in an hf replica (default: all cores)")
     max_batch_size: int = Field(64, ge=1, description="requests an hf replica batches into one generate call")
     num_cpus: float = Field(1, ge=0, description="CPUs an hf replica reserves from Ray")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs an hf replica reserves (default: 1 with CUDA)")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs a replica reserves (default: 1 where the app is built with CUDA). Set it on a "
+        "cluster: Serve builds the app on the head, which may have no GPU while the replicas' workers do")
     replicas: int = Field(1, ge=1, description="vllm replicas")
     max_model_len: int = Field(4096, ge=16, description="vllm context length")
     dtype: str | None = Field(None, description="vllm dtype (default bfloat16 with CUDA, float32 on CPU)")
@@ -36,6 +38,18 @@ class ServeArgs(BaseModel):
         from psi_ray.config import validated
 
         return validated(cls, data, "serve arguments")
+
+    def on_gpu(self) -> bool:
+        """Whether the replicas run on GPUs: ``num_gpus`` when given, else whether this process sees CUDA."""
+        from psi_ray.runtime import cuda_available
+
+        return self.num_gpus > 0 if self.num_gpus is not None else cuda_available()
+
+    def resolved_engine(self) -> str:
+        """``engine`` with ``auto`` decided: vllm for GPU replicas, the own hf deployment on CPU."""
+        if self.engine != "auto":
+            return self.engine
+        return "vllm" if self.on_gpu() else "hf"
 
     def served_name(self, model_path: str) -> str:
         """The id clients send: ``name``, or the resolved model folder's name."""

@@ -3,7 +3,8 @@
 :class:`Guard` is ASGI middleware on the library's own FastAPI app (``vllm_app.build_vllm_app``). Before a
 request reaches the ingress it
 - requires ``Authorization: Bearer <key>`` on every route, docs and ``/openapi.json`` included, compared in
-  constant time (the library's ingress has no key check);
+  constant time (the library's ingress has no key check); with a key set, no websocket opens (no route takes
+  one today; one a later library version adds stays shut);
 - refuses a body over :data:`~psi_ray.serve.protocol.MAX_BODY_BYTES` with 413 on every route (from
   Content-Length before reading, and while reading);
 - validates completions and chat requests with the same schemas as the own deployment (invalid JSON, huge
@@ -88,8 +89,11 @@ class Guard:
         return "Guard()"
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket" and self._api_key:
+            await receive()  # websocket.connect: no route takes a websocket, and none may open without the key
+            return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, send)  # lifespan
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if scope.get("method") == "OPTIONS" and "access-control-request-method" in headers:
             return await self.app(scope, receive, send)  # a browser's CORS preflight carries no key and no data

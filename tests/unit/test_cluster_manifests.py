@@ -126,7 +126,12 @@ def test_rayservice_requires_a_key_from_a_secret():
     [(_, svc)] = [(n, d) for n, d in kuberay_docs() if d["kind"] == "RayService"]
     [app] = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
     var = app["args"]["api_key_env"]
-    assert var and app["args"]["engine"] == "auto"  # vLLM where the replica has a GPU; both engines check the key
+    assert var
+    from psi_ray.serve.args import ServeArgs
+
+    # Serve builds the app on the head (no GPU): the replicas' GPU must be stated, or auto would pick CPU serving.
+    args = ServeArgs.model_validate(app["args"])
+    assert args.resolved_engine() == "vllm" and args.on_gpu() and args.num_gpus >= 1
     cluster = svc["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
     for pod in pods:

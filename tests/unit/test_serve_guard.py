@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from starlette.datastructures import Secret
@@ -45,6 +45,26 @@ def app_behind_guard(api_key: str | None = KEY) -> TestClient:
     client = TestClient(app)
     client.seen = seen
     return client
+
+
+def test_no_websocket_opens_when_a_key_is_set():
+    from starlette.websockets import WebSocketDisconnect
+
+    client = app_behind_guard()
+
+    @client.app.websocket("/ws")  # a websocket route, as a later library version might add
+    async def ws(socket: WebSocket):
+        await socket.accept()
+        await socket.send_text("open")
+
+    for headers in ({}, AUTH):
+        with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/ws", headers=headers) as socket:
+            socket.receive_text()
+        assert closed.value.code == 1008
+    with app_behind_guard(api_key=None) as open_client:
+        open_client.app.websocket("/ws")(ws)
+        with open_client.websocket_connect("/ws") as socket:
+            assert socket.receive_text() == "open"
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/v1/models"), ("GET", "/docs"), ("GET", "/openapi.json"),

@@ -112,6 +112,24 @@ def test_serve_builder_arguments_are_typed():
         build_app({"model": "m", "threads": 0})
 
 
+def test_auto_engine_follows_the_replicas_gpus_not_the_builders(monkeypatch):
+    """On a cluster Serve builds the app on the head (often GPU-less): stated ``num_gpus`` decides the engine and
+    the vLLM settings, and only without it does the builder's own CUDA decide."""
+    import psi_ray.runtime
+    from psi_ray.serve.args import ServeArgs
+
+    def args(**kw):
+        return ServeArgs.model_validate({"model": "m", **kw})
+
+    monkeypatch.setattr(psi_ray.runtime, "cuda_available", lambda: False)
+    assert (args().resolved_engine(), args(num_gpus=1).resolved_engine(), args(num_gpus=0).resolved_engine()) == \
+        ("hf", "vllm", "hf")
+    assert args(num_gpus=1).on_gpu() and not args().on_gpu()
+    assert args(engine="hf", num_gpus=1).resolved_engine() == "hf"  # an explicit engine is kept
+    monkeypatch.setattr(psi_ray.runtime, "cuda_available", lambda: True)
+    assert args().resolved_engine() == "vllm" and args(num_gpus=0).resolved_engine() == "hf"
+
+
 def test_serve_security_edges():
     """No docs routes (they answered without the key); a non-loopback bind needs a key or an explicit
     ``--allow-no-key``; the printed URL is one a local client can open (IPv6 in brackets)."""
