@@ -126,6 +126,24 @@ def check(cfg: JobConfig, spec: CompareSpec) -> None:
         principles.load_principle_file(handwritten_file(cfg, spec))
 
 
+BUDGET_FLAGS = {"kept": "--kept", "max_attempts": "--max-attempts"}
+
+
+def check_same_budget(out: Path, spec: CompareSpec) -> None:
+    """One compare folder, one budget. The arms of a compare made at another ``--kept`` or ``--max-attempts``
+    hold instances generated for that budget, which their run directories would refuse arm by arm; say so at
+    once, with what to do."""
+    saved = out / "compare_spec.json"
+    if not saved.is_file():
+        return
+    old = json.loads(saved.read_text())
+    changed = [f"{flag} {old[k]}" for k, flag in BUDGET_FLAGS.items() if k in old and old[k] != getattr(spec, k)]
+    if changed:
+        now = ", ".join(f"{flag} {getattr(spec, k)}" for k, flag in BUDGET_FLAGS.items())
+        raise PsiRayError(f"{out} holds a compare made with {', '.join(changed)} (asked now: {now}); pass another "
+                          f"--runs-dir, or delete {out} to start over")
+
+
 def steps_for(cfg: JobConfig, rows: int) -> int:
     """Training steps ``rows`` examples take with the job's train settings (the steps every arm trains)."""
     from psi_ray.train.loop import total_steps
@@ -209,6 +227,7 @@ def compare(cfg: JobConfig, spec: CompareSpec) -> Path:
 
     check(cfg, spec)
     out = compare_dir(cfg)
+    check_same_budget(out, spec)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare_spec.json", json.dumps({**spec.__dict__, "job": cfg.name}, indent=2))
     done: list[Path] = []

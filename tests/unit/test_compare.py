@@ -241,3 +241,22 @@ def test_saved_scores_are_reused_only_for_the_same_weights_and_questions(tmp_pat
     assert len(calls) == 2
     eval_model(str(model), out, cfg, spec(questions=100))
     assert calls[-1] == (str(model), 100)
+
+
+def test_a_compare_at_another_budget_is_refused_at_once(tmp_path):
+    """Arms generated for --kept 32 cannot serve a compare at --kept 64: one line naming both and the way out,
+    before any stage runs, and the old compare's record is left as it was."""
+    import json
+
+    from psi_ray.errors import PsiRayError
+    from psi_ray.pipeline.compare import compare, compare_dir
+
+    cfg = JobConfig(name="j", runs_dir=str(tmp_path), carbon={"enabled": False})
+    out = compare_dir(cfg)
+    out.mkdir(parents=True)
+    old = json.dumps({**spec(kept=32).__dict__, "job": "j"})
+    (out / "compare_spec.json").write_text(old)
+    with pytest.raises(PsiRayError, match="made with --kept 32 .*asked now: --kept 64, --max-attempts 8.*--runs-dir"):
+        compare(cfg, spec())
+    assert (out / "compare_spec.json").read_text() == old
+    assert sorted(p.name for p in out.iterdir()) == ["compare_spec.json"]
