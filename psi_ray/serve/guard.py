@@ -24,7 +24,6 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Secret
 
 from psi_ray.serve.protocol import (
-    MAX_BODY_BYTES,
     APIError,
     ChatRequest,
     CompletionRequest,
@@ -152,4 +151,4 @@ async def send_json(send, status: int, payload: dict) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-__all__ = ["Guard", "MAX_BODY_BYTES", "check_request"]
+__all__ = ["Guard", "check_request"]
