@@ -17,19 +17,31 @@ import subprocess
 import sys
 import time
 
+HIGH = [{"principle_id": f"H{i:02d}", "text": t} for i, t in enumerate([
+    "Identify every quantity in the problem and what is asked before calculating.",
+    "Write each calculation as <<expression=result>> and carry results forward step by step.",
+    "State the final number alone on the last line after ####.",
+    "Check that the answer is reasonable for the quantities in the question."])]
+
+
+def plan_args(cfg, n: int) -> dict:
+    """The instance plan of ``n`` rows in one shard, as the instances stage describes it to the data plane."""
+    from psi_ray.stages import seeds
+
+    ic = cfg.instances
+    return {"count": n, "shard_size": n, "seed": cfg.seed, "principles": HIGH, "seeds": seeds.load(cfg),
+            "principles_per_prompt": ic.principles_per_prompt, "examples_per_prompt": ic.examples_per_prompt,
+            "samples_per_prompt": ic.samples_per_prompt}
+
 
 def plan(cfg, n: int) -> list[dict]:
-    from psi_ray.stages import instances, seeds
+    """The same plan's rows, built whole (the raw side)."""
+    from psi_ray.stages import instances
     from psi_ray.tasks import get_adapter
 
-    high = [{"principle_id": f"H{i:02d}", "text": t} for i, t in enumerate([
-        "Identify every quantity in the problem and what is asked before calculating.",
-        "Write each calculation as <<expression=result>> and carry results forward step by step.",
-        "State the final number alone on the last line after ####.",
-        "Check that the answer is reasonable for the quantities in the question."])]
-    ic = cfg.instances
-    return instances.plan(n, n, cfg.seed, high, seeds.load(cfg), ic.principles_per_prompt, ic.examples_per_prompt,
-                          get_adapter(cfg.task.adapter), ic.samples_per_prompt)
+    a = plan_args(cfg, n)
+    return instances.plan_range(0, n, n, a["seed"], HIGH, a["seeds"], a["principles_per_prompt"],
+                                a["examples_per_prompt"], get_adapter(cfg.task.adapter), a["samples_per_prompt"])
 
 
 def raw_engine(cfg, rows) -> dict:
@@ -44,17 +56,29 @@ def raw_engine(cfg, rows) -> dict:
     return {"path": "raw vLLM", "output_tokens": tokens, "seconds": round(dt, 1), "tokens_per_s": round(tokens / dt, 1)}
 
 
-def ray_pipeline(cfg, rows) -> dict:
+def ray_pipeline(cfg, n: int) -> dict:
+    """The instances stage's own path: ``dataplane.generate_shards`` (Ray Data tasks plan, send to the engine
+    actor and parse; the driver writes the shard) into a scratch stage folder."""
+    import tempfile
+    from pathlib import Path
+
     from psi_ray import pipeline
+    from psi_ray.pipeline import Tally, dataplane
+    from psi_ray.rundir import StageDir
+    from psi_ray.tasks import get_adapter
 
     pipeline.init_ray()
-    with pipeline.engine_pool() as pool:
+    tally = Tally()
+    with pipeline.engine_pool() as pool, tempfile.TemporaryDirectory() as tmp:
+        sd = StageDir(Path(tmp), 5, "instances")
+        sd.path.mkdir(parents=True)
         t0 = time.time()
         pool.actors_for(cfg.generator)
         ready = time.time()
-        got = pipeline.generate(rows, cfg.generator, cfg.instances.sampling, pool)
+        dataplane.generate_shards(sd, [0], plan_args(cfg, n), cfg.generator, cfg.instances.sampling, pool,
+                                  get_adapter(cfg.task.adapter), tally)
         end = time.time()
-    tokens = sum(g["output_tokens"] for g in got)
+    tokens = tally.output_tokens
     return {"path": "Ray Data pipeline", "output_tokens": tokens, "seconds": round(end - ready, 1),
             "tokens_per_s": round(tokens / (end - ready), 1), "with_engine_start_s": round(end - t0, 1)}
 
@@ -66,8 +90,7 @@ def one_side(args) -> dict:
     cfg = load_config(args.job)
     if args.batch_size:
         cfg.generator.batch_size = args.batch_size
-    rows = plan(cfg, args.instances)
-    return raw_engine(cfg, rows) if args.side == "raw" else ray_pipeline(cfg, rows)
+    return raw_engine(cfg, plan(cfg, args.instances)) if args.side == "raw" else ray_pipeline(cfg, args.instances)
 
 
 def main() -> None:

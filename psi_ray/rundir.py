@@ -62,10 +62,14 @@ def typed_table(rows: list[dict]):
 
 
 def write_parquet(path: Path, rows: list[dict]) -> None:
+    write_table(path, typed_table(rows))
+
+
+def write_table(path: Path, table) -> None:
+    """An Arrow table as one Parquet file, renamed into place once whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = typed_table(rows)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
@@ -99,6 +103,17 @@ class ParquetSink:
             self._writer = pq.ParquetWriter(self._tmp, table.schema)
         self._writer.write_table(table)
         self.rows += len(rows)
+
+    def write_table(self, table) -> None:
+        """Append an Arrow table (cast to the sink's schema)."""
+        import pyarrow.parquet as pq
+
+        if not table.num_rows:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, self.schema or table.schema)
+        self._writer.write_table(table.cast(self._writer.schema))
+        self.rows += table.num_rows
 
     def __enter__(self):
         return self
@@ -215,8 +230,19 @@ class StageDir:
     def write_part(self, part: int, rows: list[dict]) -> None:
         write_parquet(self.part_path(part), rows)
 
+    def write_table(self, part: int, table) -> None:
+        write_table(self.part_path(part), table)
+
     def read(self) -> list[dict]:
         return read_parquet_rows(list(self.parts().values()))
+
+    def read_table(self, columns: list[str]):
+        """The stage's parts as one Arrow table of ``columns`` (no Python rows: sizes and counts at scale)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = [pq.read_table(p, columns=columns) for p in self.parts().values()]
+        return pa.concat_tables(tables, promote_options="default") if tables else None
 
     def read_column(self, name: str) -> list:
         import pyarrow.parquet as pq

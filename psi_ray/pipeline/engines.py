@@ -191,6 +191,15 @@ class Tally:
             if g.get("node_id"):
                 self.node_ids.add(g["node_id"])
 
+    def add_table(self, table) -> None:
+        """:meth:`add` for an Arrow table of generations (the data plane's shards), without Python rows."""
+        import pyarrow.compute as pc
+
+        self.requests += table.num_rows
+        self.prompt_tokens += pc.sum(table["prompt_tokens"]).as_py() or 0
+        self.output_tokens += pc.sum(table["output_tokens"]).as_py() or 0
+        self.node_ids |= {n for n in pc.unique(table["node_id"]).to_pylist() if n}
+
     def tokens(self, tier: str) -> dict:
         """The manifest's ``tokens`` entry for ``tier``."""
         return {tier: {"requests": self.requests, "prompt_tokens": self.prompt_tokens,

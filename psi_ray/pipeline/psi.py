@@ -16,7 +16,7 @@ from pathlib import Path
 from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import check_eval_not_seeded, eval_questions
-from psi_ray.pipeline import closing
+from psi_ray.pipeline import closing, dataplane
 from psi_ray.pipeline.engines import Tally, check_endpoints, generate, stream
 from psi_ray.pipeline.runner import Run, StageResult
 from psi_ray.rundir import (
@@ -174,80 +174,61 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
     """Generate the missing shards only; write each as soon as all its rows are back. With
     ``instances.target_kept``, shards go out in waves until the filter keeps that many rows (or the plan, the
     attempts cap, is used up)."""
-    cfg = r.cfg
+    import pyarrow.compute as pc
+
+    cfg, ic = r.cfg, r.cfg.instances
     tier, spec = ("large", cfg.large) if cfg.method == "teacher" else ("generator", cfg.generator)
-    plan = instances.plan(cfg.instances.count, cfg.shard_size, cfg.seed, high if cfg.method == "psi" else [],
-                          seed_rows, cfg.instances.principles_per_prompt, cfg.instances.examples_per_prompt,
-                          r.adapter, cfg.instances.samples_per_prompt)
+    plan_args = {"count": ic.count, "shard_size": cfg.shard_size, "seed": cfg.seed,
+                 "principles": high if cfg.method == "psi" else [], "seeds": seed_rows,
+                 "principles_per_prompt": ic.principles_per_prompt, "examples_per_prompt": ic.examples_per_prompt,
+                 "samples_per_prompt": ic.samples_per_prompt}
+    shards = list(range(-(-ic.count // cfg.shard_size)))
     done = set(sd.parts())
-    by_shard: dict[int, list[dict]] = defaultdict(list)
-    for p in plan:
-        by_shard[p["shard"]].append(p)
     if done:
-        left = "more in waves" if cfg.instances.target_kept else f"{len(set(by_shard) - done)} to generate"
+        left = "more in waves" if ic.target_kept else f"{len(set(shards) - done)} to generate"
         print(f"[instances] resuming: {len(done)} shard(s) done, {left}")
     tally = Tally()
+
+    def generate_missing(wanted: list[int]) -> None:
+        parts = sd.parts()
+        dataplane.generate_shards(sd, [s for s in wanted if s not in parts], plan_args, spec, ic.sampling,
+                                  r.engines, r.adapter, tally)
+
     extra = {}
-    target = cfg.instances.target_kept
+    target = ic.target_kept
     if target is None:
-        _generate_shards(r, sd, spec, [s for s in sorted(by_shard) if s not in done], by_shard, tally)
+        generate_missing(shards)
     else:
-        counter, shards, counted = _KeptCounter(r.adapter, *_filter_state(r, seed_rows)), sorted(by_shard), 0
+        plane = dataplane.FilterPlane(r.adapter, seed_rows, cfg.filter, ic.count, parallel=False)
+        generated = kept = counted = 0
         while True:
             parts = sd.parts()
             while counted < len(shards) and shards[counted] in parts:  # count finished shards in plan order
-                counter.add(read_parquet_rows([parts[shards[counted]]]))
+                for table, reasons in plane.run([pq_read(parts[shards[counted]])]):
+                    generated += table.num_rows
+                    kept += sum(x is None for x in reasons)
                 counted += 1
-            rows = instances.next_wave(counter.generated, counter.kept, target, len(plan), cfg.shard_size)
+            rows = instances.next_wave(generated, kept, target, ic.count, cfg.shard_size)
             wave = shards[counted : counted + -(-rows // cfg.shard_size)] if rows > 0 else []
             if not wave:
                 break
-            print(f"[instances] {counter.kept} of {target} rows kept after {counter.generated}: "
-                  f"{len(wave)} more shard(s)")
-            _generate_shards(r, sd, spec, [s for s in wave if s not in parts], by_shard, tally)
-        extra = {"target_kept": target, "kept_when_stopped": counter.kept,
-                 "stopped": "target reached" if counter.kept >= target else "attempts cap reached"}
-    ids = sd.read_column("id")
-    errors = sum(1 for e in sd.read_column("error") if e)
-    extra = {"rows": len(ids), "unique_ids": len(set(ids)), "errors": errors, "tokens": tally.tokens(tier),
-             "nodes": tally.nodes(tier), "shards": len(sd.parts()), "resumed_shards": len(done),
-             "tier": tier, "generator": spec.model, **extra}
+            print(f"[instances] {kept} of {target} rows kept after {generated}: {len(wave)} more shard(s)")
+            generate_missing(wave)
+        extra = {"target_kept": target, "kept_when_stopped": kept,
+                 "stopped": "target reached" if kept >= target else "attempts cap reached"}
+    made = sd.read_table(["id", "error"])
+    errors = pc.sum(pc.and_(pc.is_valid(made["error"]), pc.not_equal(made["error"], ""))).as_py() or 0
+    extra = {"rows": made.num_rows, "unique_ids": pc.count_distinct(made["id"]).as_py(), "errors": errors,
+             "tokens": tally.tokens(tier), "nodes": tally.nodes(tier), "shards": len(sd.parts()),
+             "resumed_shards": len(done), "tier": tier, "generator": spec.model, **extra}
     return StageResult(None, extra)
 
 
-def _generate_shards(r: Run, sd: StageDir, spec: ModelSpec, shards: list[int], by_shard: dict, tally: Tally):
-    """Stream the planned rows of ``shards`` through ``spec``'s engines; write each shard once it is whole."""
-    todo = [p for s in shards for p in by_shard[s]]
-    shard_of = {p["id"]: p["shard"] for p in todo}
-    pending: dict[int, list[dict]] = defaultdict(list)
-    for batch in stream(todo, spec, r.cfg.instances.sampling, r.engines):
-        tally.add(batch)
-        for g in batch:
-            s = shard_of[g["id"]]
-            pending[s].append(g)
-            if len(pending[s]) == len(by_shard[s]):
-                sd.write_part(s, instances.parse_outputs(by_shard[s], pending.pop(s), r.adapter, spec.model))
+def pq_read(path: Path):
+    """One part as an Arrow table."""
+    import pyarrow.parquet as pq
 
-
-class _KeptCounter:
-    """The filter stage's checks run over shards in plan order, counting what they would keep."""
-
-    def __init__(self, adapter, dedup, decontam):
-        self.adapter, self.dedup, self.decontam = adapter, dedup, decontam
-        self.generated = self.kept = 0
-
-    def add(self, rows: list[dict]) -> None:
-        self.generated += len(rows)
-        self.kept += sum(x["valid"] for x in filters.apply_filters(rows, self.adapter, self.dedup, self.decontam))
-
-
-def _filter_state(r: Run, seed_rows):
-    """A fresh deduplicator (seeds added) and decontaminator (eval questions), as the filter stage uses."""
-    fc = r.cfg.filter
-    dedup = filters.make_deduper(seed_rows, fc.near_duplicate_threshold, fc.num_perm, r.cfg.instances.count)
-    questions = [q for task in fc.decontaminate for q in eval_questions(task)]
-    decontam = filters.Decontaminator(questions, fc.decontaminate_threshold, fc.num_perm) if questions else None
-    return dedup, decontam
+    return pq.read_table(path)
 
 
 def verify_stage(r: Run, sd: StageDir, made: StageDir):
@@ -285,25 +266,35 @@ def verify_stage(r: Run, sd: StageDir, made: StageDir):
 
 
 def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):
-    """Stream the instance shards through the filters, one output part per input part."""
+    """Stream the instance shards through the filters, one output part per input part: row checks in parallel
+    checker actors, duplicates decided in part order (:class:`dataplane.FilterPlane`)."""
+    import pyarrow as pa
+
     fc, target = r.cfg.filter, r.cfg.instances.target_kept
-    dedup, decontam = _filter_state(r, seed_rows)
     budget = ("over_budget",) if target else ()
     reasons: dict[str, int] = dict.fromkeys((*filters.REASONS, *r.adapter.reject_reasons, *budget), 0)  # zeros too
     total = kept = 0
-    for part, path in made.parts().items():
-        rows = filters.apply_filters(read_parquet_rows([path]), r.adapter, dedup, decontam)
-        for x in rows:  # equal budgets: rows past the target are marked, not dropped
-            kept += x["valid"]
-            if x["valid"] and target and kept > target:
-                x.update(valid=False, reject_reason="over_budget")
-        sd.write_part(part, rows)
-        total += len(rows)
-        for x in rows:
-            key = x["reject_reason"] or "kept"
-            reasons[key] = reasons.get(key, 0) + 1
+    parts = made.parts()
+    plane = dataplane.FilterPlane(r.adapter, seed_rows, fc, r.cfg.instances.count)
+    checkers = len(plane.actors)
+    try:
+        for part, (table, why) in zip(parts, plane.run(pq_read(p) for p in parts.values()), strict=True):
+            for i, x in enumerate(why):  # equal budgets: rows past the target are marked, not dropped
+                kept += x is None
+                if x is None and target and kept > target:
+                    why[i] = "over_budget"
+            table = table.drop_columns([c for c in ("valid", "reject_reason") if c in table.column_names])
+            table = table.append_column("valid", pa.array([x is None for x in why], pa.bool_()))
+            sd.write_table(part, table.append_column("reject_reason", pa.array(why, pa.string())))
+            total += len(why)
+            for x in why:
+                key = x or "kept"
+                reasons[key] = reasons.get(key, 0) + 1
+    finally:
+        plane.close()
     return StageResult(None, {"rows": total, "kept": reasons.pop("kept", 0), "rejected": dict(sorted(reasons.items())),
-                  "decontaminated_against": {t: len(eval_questions(t)) for t in fc.decontaminate}})
+                              "decontaminated_against": {t: len(eval_questions(t)) for t in fc.decontaminate},
+                              "checkers": checkers})
 
 
 def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
@@ -312,7 +303,7 @@ def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
     sampling = cfg.instances.sampling.model_dump()
     with ParquetSink(sd.path / DATASET_FILE, dataset.schema()) as sink:
         for path in kept.parts().values():
-            sink.write(dataset.to_records(read_parquet_rows([path]), cfg.task.adapter, cfg.method, sampling))
+            sink.write_table(dataset.to_table(pq_read(path), cfg.task.adapter, cfg.method, sampling))
     fm = kept.manifest()
     counts = {"instances generated": fm["rows"], "valid instances": sink.rows,
               **{f"rejected: {k}": v for k, v in fm.get("rejected", {}).items()},

@@ -28,14 +28,14 @@ def started_answer(adapter) -> list[dict]:
     return [{"role": "assistant", "content": adapter.first_label}]
 
 
-def parse_one(adapter, raw: str, prefix: str) -> tuple[str, str, str | None]:
-    """(instruction, response, error) from one model output; errors become data, never exceptions."""
+def parse_one(adapter, raw: str, prefix: str, check: bool = True) -> tuple[str, str, str | None]:
+    """(instruction, response, error) from one model output; errors become data, never exceptions. With
+    ``check=False`` only a parse failure is an error (the caller runs the task check later, once)."""
     try:
         instruction, response = adapter.parse(prefix + raw)
     except ParseError as exc:
         return "", "", f"parse: {exc}"
-    reason = adapter.check(instruction, response)
-    return instruction, response, reason
+    return instruction, response, adapter.check(instruction, response) if check else None
 
 
 def parse_outputs(planned: list[dict], generated: list[dict], adapter) -> list[dict]:

@@ -19,6 +19,8 @@ import hashlib
 import re
 import warnings
 
+import numpy as np
+
 from psi_ray.errors import require
 from psi_ray.stages import require_columns
 
@@ -125,6 +127,14 @@ class Deduper:
         m.update_batch(shingles(text))
         return m
 
+    def band_keys(self, sig) -> list[int]:
+        """The LSH index's key of each band of ``sig``, as ``MinHashLSHBloom`` computes it (the band's hash
+        values summed in uint64, modulo 2**61 - 1): computed once per row, where the row is checked, so the
+        in-order pass only looks keys up."""
+        b, r = self.near.b, self.near.r
+        sums = sig.hashvalues[: b * r].astype(np.uint64).reshape(b, r).sum(axis=1, dtype=np.uint64)
+        return [int(k) for k in sums % MERSENNE_61]
+
     @staticmethod
     def _key(text: str) -> int:
         return int.from_bytes(hashlib.blake2b(normalize(text).encode(), digest_size=8).digest(), "little") >> 1
@@ -132,34 +142,67 @@ class Deduper:
     def add_seeds(self, texts: list[str]) -> None:
         for text in texts:
             self.seed_exact.add(self._key(text))
-            self.seed_near.insert(self.signature(text))
+            _lsh_add(self.seed_near, self.band_keys(self.signature(text)))
         self.seed_ngrams = NgramIndex(texts)
+
+    def keys(self, text: str) -> tuple[str | None, int, list[int]]:
+        """What needs no other generated row: ``copies_seed`` or None, then the row's exact key and band keys
+        for :meth:`remember`. Safe to run on copies of this object in parallel."""
+        key, bands = self._key(text), self.band_keys(self.signature(text))
+        if key in self.seed_exact or _lsh_has(self.seed_near, bands) or self.seed_ngrams.hits(text):
+            return "copies_seed", key, bands
+        return None, key, bands
+
+    def remember(self, key: int, bands: list[int]) -> str | None:
+        """The in-order part: the duplicate reason for a row with these keys, or None (and then it is
+        remembered, so a later copy is the duplicate)."""
+        if key in self.exact:
+            return "exact_duplicate"
+        if _lsh_has(self.near, bands):
+            return "near_duplicate"
+        self.exact.add(key)
+        _lsh_add(self.near, bands)
+        return None
 
     def check(self, text: str) -> str | None:
         """The duplicate reason for ``text``, or None (and then it is remembered)."""
-        key, sig = self._key(text), self.signature(text)
-        if key in self.seed_exact or self.seed_near.query(sig) or self.seed_ngrams.hits(text):
-            return "copies_seed"
-        if key in self.exact:
-            return "exact_duplicate"
-        if self.near.query(sig):
-            return "near_duplicate"
-        self.exact.add(key)
-        self.near.insert(sig)
-        return None
+        seed, key, bands = self.keys(text)
+        return seed or self.remember(key, bands)
+
+
+MERSENNE_61 = np.uint64((1 << 61) - 1)
+
+
+def _lsh_has(lsh, bands: list[int]) -> bool:
+    """Whether any band key is in ``lsh`` (a ``MinHashLSHBloom``): its ``query`` without re-hashing."""
+    return any(k in t.bloom_filter for k, t in zip(bands, lsh.hashtables, strict=True))
+
+
+def _lsh_add(lsh, bands: list[int]) -> None:
+    """``lsh.insert`` from band keys already computed."""
+    for k, t in zip(bands, lsh.hashtables, strict=True):
+        t.bloom_filter.add(k)
+
+
+def row_check(row: dict, adapter, dedup: Deduper, decontam: Decontaminator | None = None) \
+        -> tuple[str | None, int, list[int]]:
+    """Every check that needs only the row itself, in the filter's order: (reason or None, exact key, band
+    keys). Runs in parallel; :meth:`Deduper.remember` then decides duplicates in row order."""
+    if row["error"]:
+        return row["error"].split(":")[0], 0, []
+    reason = adapter.check(row["instruction"], row["response"])
+    if reason:
+        return reason, 0, []
+    if row.get("verified") is False:
+        return "unverified", 0, []
+    if decontam is not None and decontam.contaminated(row["instruction"]):
+        return "contaminated", 0, []
+    return dedup.keys(row["instruction"])
 
 
 def reject_reason(row: dict, adapter, dedup: Deduper, decontam: Decontaminator | None = None) -> str | None:
-    if row["error"]:
-        return row["error"].split(":")[0]
-    reason = adapter.check(row["instruction"], row["response"])
-    if reason:
-        return reason
-    if row.get("verified") is False:
-        return "unverified"
-    if decontam is not None and decontam.contaminated(row["instruction"]):
-        return "contaminated"
-    return dedup.check(row["instruction"])
+    reason, key, bands = row_check(row, adapter, dedup, decontam)
+    return reason or dedup.remember(key, bands)
 
 
 def apply_filters(rows: list[dict], adapter, dedup: Deduper, decontam: Decontaminator | None = None) -> list[dict]:

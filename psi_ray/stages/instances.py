@@ -24,33 +24,54 @@ def plan(count: int, shard_size: int, seed: int, principles: list[dict], seeds: 
     Consecutive groups of ``samples_per_prompt`` instances share one prompt, so an engine with a prefix cache
     computes it once.
     """
+    return plan_range(0, count, shard_size, seed, principles, seeds, principles_per_prompt, examples_per_prompt,
+                      adapter, samples_per_prompt)
+
+
+def shard_range(shard: int, count: int, shard_size: int) -> tuple[int, int]:
+    """The instance indices ``[start, stop)`` of ``shard``."""
+    return shard * shard_size, min((shard + 1) * shard_size, count)
+
+
+def plan_range(start: int, stop: int, shard_size: int, seed: int, principles: list[dict], seeds: list[dict],
+               principles_per_prompt: int, examples_per_prompt: int, adapter,
+               samples_per_prompt: int = 1) -> list[dict]:
+    """The rows :func:`plan` gives instances ``start`` to ``stop - 1``: every instance's draw depends only on
+    its own index, so shards are planned apart (in parallel tasks) exactly as the whole plan would be. A
+    prompt shared by ``samples_per_prompt`` instances is rendered once."""
     rows = []
     seed_by_id = {s["seed_id"]: s for s in seeds}
     seed_ids = sorted(seed_by_id)
     principle_ids = sorted(p["principle_id"] for p in principles)
     text = {p["principle_id"]: p["text"] for p in principles}
-    for i in range(count):
-        rng = random.Random(f"instance-{seed}-{i // samples_per_prompt}")
-        pids = sorted(rng.sample(principle_ids, min(principles_per_prompt, len(principle_ids))))
-        eids = rng.sample(seed_ids, min(examples_per_prompt, len(seed_ids)))
-        shown = [adapter.format_example(seed_by_id[e]["instruction"], seed_by_id[e]["response"]) for e in eids]
-        msgs = prompts.chat("instances", task=adapter, principles=[text[p] for p in pids], examples=shown)
+    started = started_answer(adapter)
+    group, pids, eids, msgs = None, [], [], []
+    for i in range(start, stop):
+        if i // samples_per_prompt != group:
+            group = i // samples_per_prompt
+            rng = random.Random(f"instance-{seed}-{group}")
+            pids = sorted(rng.sample(principle_ids, min(principles_per_prompt, len(principle_ids))))
+            eids = rng.sample(seed_ids, min(examples_per_prompt, len(seed_ids)))
+            shown = [adapter.format_example(seed_by_id[e]["instruction"], seed_by_id[e]["response"]) for e in eids]
+            msgs = prompts.chat("instances", task=adapter, principles=[text[p] for p in pids], examples=shown)
+            msgs = msgs + started
         rows.append({"id": f"inst-{i:07d}", "shard": i // shard_size, "principle_ids": pids, "example_ids": eids,
-                     "prompt": msgs + started_answer(adapter)})
+                     "prompt": msgs})
     return rows
 
 
 def parse_outputs(planned: list[dict], generated: list[dict], adapter, generator: str) -> list[dict]:
+    """Join generations (by ``id``) onto planned rows (``id, shard, principle_ids, example_ids``) and parse them;
+    the answer each prompt began (:func:`started_answer`) is put back in front of the model's text."""
     by_id = {g["id"]: g for g in generated}
+    prefix = started_answer(adapter)[-1]["content"]
     out = []
     for p in planned:
         g = by_id[p["id"]]
-        prefix = p["prompt"][-1]["content"]
         if g["error"]:
             instruction, response, err = "", "", f"engine: {g['error']}"
         else:
-            instruction, response, reason = parse_one(adapter, g["raw_output"], prefix)
-            err = reason if reason and reason.startswith("parse") else None  # task checks run in filter
+            instruction, response, err = parse_one(adapter, g["raw_output"], prefix, check=False)  # checks: filter
         out.append({"id": p["id"], "shard": p["shard"], "instruction": instruction, "response": response,
                     "principle_ids": p["principle_ids"], "example_ids": p["example_ids"], "generator": generator,
                     "raw_output": g["raw_output"], "error": err, "finish_reason": g["finish_reason"],

@@ -14,6 +14,7 @@ prose such as ``Let x = 5`` or ``2x + 3 = 7`` is left alone rather than misread.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -49,14 +50,20 @@ def _tokens(expr: str) -> list[tuple[str, object]]:
         pos = m.end()
         if m.group(1):
             digits = m.group(1).replace(",", "")
-            if sum(c.isdigit() for c in digits) > MAX_DIGITS:
+            if len(digits) - digits.count(".") > MAX_DIGITS:
                 raise ArithmeticLimitError("number too long")
-            value = Fraction(digits)
+            value = _decimal(digits)
             out.append(("num", value / 100 if m.group(2) else value))
         else:
             op = {"x": "*", "X": "*", "×": "*", "÷": "/", "^": "**"}.get(m.group(3), m.group(3))
             out.append(("op", op))
     return out
+
+
+def _decimal(digits: str) -> Fraction:
+    """``"12.50"`` as 25/2: built from integers, several times faster than ``Fraction("12.50")``'s own parse."""
+    whole, _, frac = digits.partition(".")
+    return Fraction(int(whole + frac), 10 ** len(frac)) if frac else Fraction(int(whole))
 
 
 def _check_size(v: Fraction) -> Fraction:
@@ -155,6 +162,7 @@ def evaluate(expr: str) -> Fraction:
     return value
 
 
+@functools.lru_cache(maxsize=1024)  # holds() and result_of() read each right side; results repeat (small numbers)
 def parse_number(text: str) -> Fraction | None:
     """The value of one written number (``$1,200.50``, ``-3``, ``40%`` → 0.4), or None."""
     try:

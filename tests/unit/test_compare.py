@@ -33,26 +33,32 @@ def answer(k: int, good: bool) -> str:
             f"#### {a + b * c + wrong}")
 
 
-def fake_stream(keep_every: int, seen: list):
-    """The pipeline's ``stream`` as a writer whose every ``keep_every``-th answer is right (0: none is)."""
-    def stream(rows, spec, sampling, pool):
-        seen.append(len(rows))
-        out = []
-        for r in rows:
-            k = int(r["id"].rsplit("-", 1)[1])
-            text = answer(k, keep_every > 0 and k % keep_every == 0)
-            out.append({"id": r["id"], "raw_output": text, "finish_reason": "stop", "prompt_tokens": 10,
-                        "output_tokens": len(text.split()), "error": None, "node_id": "n"})
-        yield out
-    return stream
+def fake_generate_shards(keep_every: int, seen: list):
+    """The data plane's ``generate_shards`` with a writer whose every ``keep_every``-th answer is right (0: none
+    is): each shard parsed and written as the real one does, no engine."""
+    from psi_ray.stages import instances
+
+    def generate_shards(sd, shards, plan_args, spec, sampling, pool, adapter, tally):
+        ranges = {s: instances.shard_range(s, plan_args["count"], plan_args["shard_size"]) for s in shards}
+        seen.append(sum(b - a for a, b in ranges.values()))
+        for s, (a, b) in ranges.items():
+            planned = [{"id": f"inst-{k:07d}", "shard": s, "principle_ids": [], "example_ids": []} for k in range(a, b)]
+            gens = []
+            for k in range(a, b):
+                text = answer(k, keep_every > 0 and k % keep_every == 0)
+                gens.append({"id": f"inst-{k:07d}", "raw_output": text, "finish_reason": "stop", "prompt_tokens": 10,
+                             "output_tokens": len(text.split()), "error": None, "node_id": "n"})
+            tally.add(gens)
+            sd.write_part(s, instances.parse_outputs(planned, gens, adapter, spec.model))
+    return generate_shards
 
 
 def run_waves(tmp_path, monkeypatch, keep_every: int, target: int, count: int):
-    from psi_ray.pipeline import Run, dataset_stage, filter_stage, psi
+    from psi_ray.pipeline import Run, dataplane, dataset_stage, filter_stage, psi
     from psi_ray.stages import seeds
 
     seen: list[int] = []
-    monkeypatch.setattr(psi, "stream", fake_stream(keep_every, seen))
+    monkeypatch.setattr(dataplane, "generate_shards", fake_generate_shards(keep_every, seen))
     cfg = JobConfig(runs_dir=str(tmp_path), method="student", shard_size=16, carbon={"enabled": False},
                     filter={"decontaminate": []}, instances={"count": count, "target_kept": target})
     seed_rows = seeds.load(cfg)

@@ -110,11 +110,13 @@ def planted_parts(seed_rows: list[dict], seed: int = 0) -> tuple[list[list[dict]
     return parts, expect
 
 
-@pytest.fixture(scope="module")
-def filtered(tmp_path_factory):
-    """Seeds written to a file, instance parts to a run folder, and the filter stage run over them once."""
+@pytest.fixture(scope="module", params=["in the driver", "in checker actors"])
+def filtered(tmp_path_factory, request):
+    """Seeds written to a file, instance parts to a run folder, and the filter stage run over them once: with
+    every check in the driver (a small job), and with the row checks in parallel checker actors (the path of a
+    large job, taken here by lowering the row count that starts them)."""
     from psi_ray.config import JobConfig
-    from psi_ray.pipeline import Run, filter_stage
+    from psi_ray.pipeline import Run, dataplane, filter_stage
     from psi_ray.rundir import StageDir
     from psi_ray.stages import seeds
 
@@ -129,7 +131,13 @@ def filtered(tmp_path_factory):
     made = StageDir(r.dir, 5, "instances")
     for i, rows in enumerate(parts):
         made.write_part(i, rows)
-    sd = r.stage("filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
+    actors = request.param == "in checker actors"
+    if actors:
+        request.getfixturevalue("ray_session")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dataplane, "CHECKERS_MIN_ROWS", 0 if actors else 10**9)
+        sd = r.stage("filter", ("filter",), lambda sd: filter_stage(r, sd, made, seed_rows))
+    assert (sd.manifest()["checkers"] > 0) == actors
     return seed_rows, parts, expect, sd
 
 

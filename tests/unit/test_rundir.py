@@ -4,7 +4,7 @@ tables; run directories from before the "_" names still read."""
 import pytest
 
 from psi_ray.errors import PsiRayError
-from psi_ray.rundir import ParquetSink, StageDir
+from psi_ray.rundir import ParquetSink, StageDir, typed_table
 from psi_ray.stages import dataset
 
 
@@ -20,9 +20,9 @@ def test_manifest_digest_mismatch_is_an_error(tmp_path):
 def test_parquet_sink_is_atomic(tmp_path):
     target = tmp_path / "data.parquet"
     with pytest.raises(RuntimeError), ParquetSink(target, dataset.schema()) as sink:
-        sink.write(dataset.to_records([{"id": "a", "instruction": "q", "response": "r", "principle_ids": ["H00"],
-                                        "example_ids": [], "generator": "g", "valid": True,
-                                        "reject_reason": None}], "gsm8k", "psi", {}))
+        sink.write_table(dataset.to_table(typed_table([{"id": "a", "instruction": "q", "response": "r",
+                                                        "principle_ids": ["H00"], "example_ids": [], "generator": "g",
+                                                        "valid": True, "reject_reason": None}]), "gsm8k", "psi", {}))
         raise RuntimeError("killed mid-write")
     assert not target.exists() and not list(tmp_path.iterdir())
 
@@ -41,7 +41,7 @@ def test_dataset_loads_with_datasets(tmp_path, n=3):
     rows = [{"id": f"i{i}", "instruction": f"q{i}", "response": f"r{i}", "principle_ids": ["H00"],
              "example_ids": ["seed-00000"], "generator": "g", "valid": True, "reject_reason": None} for i in range(n)]
     with ParquetSink(tmp_path / "data.parquet", dataset.schema()) as sink:
-        sink.write(dataset.to_records(rows, "gsm8k", "psi", {"temperature": 0.7}))
+        sink.write_table(dataset.to_table(typed_table(rows), "gsm8k", "psi", {"temperature": 0.7}))
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "data.parquet"), split="train",
                                cache_dir=str(tmp_path / "cache"))
     assert len(ds) == n and "messages" in ds.column_names

@@ -1,9 +1,12 @@
 """Pure stage functions: subsets, principle parsing, clustering, filtering, dataset records."""
 
+import json
+
 import numpy as np
 import pytest
 
 from psi_ray.config import JobConfig
+from psi_ray.rundir import typed_table
 from psi_ray.stages import cluster, dataset, expand, instances, principles, summarize
 from psi_ray.stages import filter as filters
 from psi_ray.stages import seeds as seed_stage
@@ -99,8 +102,10 @@ def test_filter_reasons(seed_rows):
     out = filters.apply_filters(rows, a, filters.make_deduper(seed_rows, 0.7, 64, capacity=100))
     assert [r["reject_reason"] for r in out] == [
         None, "near_duplicate", "exact_duplicate", "wrong_equation", "copies_seed", "parse"]
-    recs = dataset.to_records(out, "gsm8k", "psi", {"temperature": 0.7})
-    assert len(recs) == 1 and recs[0]["messages"][1]["role"] == "assistant"
+    recs = dataset.to_table(typed_table(out), "gsm8k", "psi", {"temperature": 0.7}).to_pylist()
+    assert len(recs) == 1 and recs[0]["messages"] == [{"role": "user", "content": out[0]["instruction"]},
+                                                      {"role": "assistant", "content": out[0]["response"]}]
+    assert recs[0]["id"] == out[0]["id"] and recs[0]["valid"] and json.loads(recs[0]["sampling"]) == {"temperature": 0.7}
 
 
 def test_d_initial_puts_seeds_first(seed_rows):

@@ -1,0 +1,89 @@
+"""The data plane: instance shards planned and parsed in Ray Data tasks, and the precomputed LSH band keys the
+parallel filter relies on. The filter's parallel path is counted back against planted rows in
+tests/unit/test_filter_stage.py."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from psi_ray.config import ModelSpec, Sampling
+from psi_ray.pipeline import Tally, dataplane, engine_pool
+from psi_ray.rundir import StageDir
+from psi_ray.stages import filter as filters
+from psi_ray.stages import instances
+from psi_ray.tasks import get_adapter
+
+GSM = get_adapter("gsm8k")
+HIGH = [{"principle_id": f"H{i:02d}", "text": f"Principle number {i} about careful arithmetic."} for i in range(5)]
+
+
+def sentence(rng: random.Random, n: int = 18) -> str:
+    return " ".join(rng.choice(["apples", "boxes", "seven", "market", "each", "day", "sells", "more", "than", "the",
+                                "farmer", "twice", "number", "left", "after", "week"]) for _ in range(n))
+
+
+def test_band_keys_are_the_keys_the_library_computes():
+    """The in-order pass looks precomputed band keys up in datasketch's Bloom tables: they must be the very keys
+    ``MinHashLSHBloom`` derives, and lookups by key must answer as its own ``query`` and ``insert`` do."""
+    rng = random.Random(0)
+    texts = [sentence(rng) for _ in range(60)]
+    texts += [t.replace("apples", "pears", 1) for t in texts[:20]]  # near copies
+    ours = filters.Deduper(0.8, 64, capacity=1000)
+    lib = filters.Deduper(0.8, 64, capacity=1000)
+    for t in texts:
+        sig = ours.signature(t)
+        keys = ours.band_keys(sig)
+        assert keys == [table._band_hash(sig.hashvalues[a:b]) for (a, b), table in
+                        zip(lib.near.hashranges, lib.near.hashtables, strict=True)]
+        assert filters._lsh_has(ours.near, keys) == lib.near.query(sig)
+        filters._lsh_add(ours.near, keys)
+        lib.near.insert(sig)
+
+
+def test_engine_batches_fill_the_engine_across_shards():
+    batches = dataplane.engine_batches([0, 1, 3], count=14, shard_size=4, batch_size=3)
+    assert batches == [[(0, 3)], [(3, 4), (4, 6)], [(6, 8), (12, 13)], [(13, 14)]]
+    assert dataplane.engine_batches([], 10, 4, 3) == []
+
+
+def test_a_shard_planned_alone_is_the_whole_plans_shard(seed_rows):
+    whole = instances.plan(23, 5, 7, HIGH, seed_rows, 2, 2, GSM, samples_per_prompt=3)
+    pieces = [r for a, b in [(0, 4), (4, 10), (10, 23)] for r in
+              instances.plan_range(a, b, 5, 7, HIGH, seed_rows, 2, 2, GSM, samples_per_prompt=3)]
+    assert pieces == whole
+
+
+@pytest.fixture
+def seed_rows():
+    from psi_ray.config import JobConfig
+    from psi_ray.stages import seeds
+
+    return seeds.load(JobConfig())
+
+
+def test_shards_come_back_whole_in_plan_order_with_their_plan(ray_session, tiny_model, tmp_path, seed_rows):
+    """Shards of 4 through engine batches of 3 (a batch spans two shards), shard 1 already done: the others are
+    written whole, rows in id order, each with the principles and examples the plan gave it."""
+    import pyarrow.parquet as pq
+
+    sd = StageDir(tmp_path, 5, "instances")
+    sd.path.mkdir(parents=True)
+    plan_args = {"count": 10, "shard_size": 4, "seed": 3, "principles": HIGH, "seeds": seed_rows,
+                 "principles_per_prompt": 2, "examples_per_prompt": 1, "samples_per_prompt": 2}
+    spec = ModelSpec(model=str(tiny_model), backend="hf", num_cpus=0, batch_size=3)
+    tally = Tally()
+    with engine_pool() as pool:
+        dataplane.generate_shards(sd, [0, 2], plan_args, spec, Sampling(temperature=0.0, max_tokens=4), pool,
+                                  GSM, tally)
+    plan = {r["id"]: r for r in instances.plan(10, 4, 3, HIGH, seed_rows, 2, 1, GSM, samples_per_prompt=2)}
+    assert sorted(sd.parts()) == [0, 2]
+    for part, ids in ((0, [f"inst-{i:07d}" for i in range(4)]), (2, ["inst-0000008", "inst-0000009"])):
+        rows = pq.read_table(sd.part_path(part)).to_pylist()
+        assert [r["id"] for r in rows] == ids
+        for r in rows:
+            assert (r["shard"], r["principle_ids"], r["example_ids"]) == \
+                (part, plan[r["id"]]["principle_ids"], plan[r["id"]]["example_ids"])
+            assert r["generator"] == str(tiny_model) and r["output_tokens"] > 0
+    assert tally.requests == 6
