@@ -139,11 +139,14 @@ class FilterPlane:
     def __init__(self, adapter, seed_rows: list[dict], fc, rows: int, parallel: bool = True):
         import ray
 
-        self.local = RowChecker(adapter, seed_rows, fc, rows)  # also the driver's in-order duplicate index
         free = int(ray.available_resources().get("CPU", 0)) if parallel and ray.is_initialized() else 0
         n = min(CHECKERS_MAX, free) if rows >= CHECKERS_MIN_ROWS else 0
         cls = ray.remote(RowChecker).options(num_cpus=1) if n else None
         self.actors = [cls.remote(adapter, seed_rows, fc, rows) for _ in range(n)]
+        # The in-order duplicate index lives in the driver; without actors the driver checks rows too.
+        self.local = None if n else RowChecker(adapter, seed_rows, fc, rows)
+        self.dedup = self.local.dedup if self.local else \
+            filters.make_deduper(seed_rows, fc.near_duplicate_threshold, fc.num_perm, rows)
 
     def run(self, tables: Iterable) -> Iterator[tuple[object, list[str | None]]]:
         """Each input table with its rows' reject reasons (None: kept), in input order."""
@@ -169,8 +172,7 @@ class FilterPlane:
             table, checked = window.popleft()
             submit()
             checked = ray.get(checked) if self.actors else checked
-            dedup = self.local.dedup
-            yield table, [reason or dedup.remember(key, bands) for reason, key, bands in checked]
+            yield table, [reason or self.dedup.remember(key, bands) for reason, key, bands in checked]
 
     def close(self) -> None:
         import ray
