@@ -26,7 +26,7 @@ from psi_ray.stages import filter as filters
 from psi_ray.stages import instances
 
 CHECKERS_MAX = 8
-"""Filter checker actors at most; fewer where Ray has fewer free CPUs."""
+"""Filter checker actors at most; fewer where the cluster has fewer CPUs."""
 CHECKERS_MIN_ROWS = 5000
 """Below this many rows the filter checks in the driver: starting actors would cost more than they save."""
 FILTER_INPUT = ("id", "instruction", "response", "error")
@@ -139,9 +139,12 @@ class FilterPlane:
     def __init__(self, adapter, seed_rows: list[dict], fc, rows: int, parallel: bool = True):
         import ray
 
-        free = int(ray.available_resources().get("CPU", 0)) if parallel and ray.is_initialized() else 0
-        n = min(CHECKERS_MAX, free) if rows >= CHECKERS_MIN_ROWS else 0
-        cls = ray.remote(RowChecker).options(num_cpus=1) if n else None
+        cpus = int(ray.cluster_resources().get("CPU", 0)) if parallel and ray.is_initialized() else 0
+        n = min(CHECKERS_MAX, cpus) if rows >= CHECKERS_MIN_ROWS else 0
+        # One per CPU of the cluster, reserving none: Ray frees the engines' CPUs asynchronously after the instance
+        # stage (an actor count taken from the free CPUs then was sometimes one short), and a checker must never
+        # wait for a CPU that another job on the cluster holds.
+        cls = ray.remote(RowChecker).options(num_cpus=0, scheduling_strategy="SPREAD") if n else None
         self.actors = [cls.remote(adapter, seed_rows, fc, rows) for _ in range(n)]
         # The in-order duplicate index lives in the driver; without actors the driver checks rows too.
         self.local = None if n else RowChecker(adapter, seed_rows, fc, rows)
