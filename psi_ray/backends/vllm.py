@@ -9,7 +9,9 @@ to all cores unless ``VLLM_CPU_OMP_THREADS_BIND`` is set. Options: ``max_model_l
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 
 from psi_ray.backends.base import Generation, Prompt, SamplingParams, render_prompt
 from psi_ray.errors import PsiRayError, require
@@ -35,6 +37,23 @@ REFUSED_ENGINE_KWARGS = ("trust_remote_code", "model", "tokenizer")
 def refused_engine_kwargs(engine_kwargs: dict | None) -> list[str]:
     """The keys of ``engine_kwargs`` that psi-ray will not pass to ``vllm.LLM``."""
     return [k for k in (engine_kwargs or {}) if k in REFUSED_ENGINE_KWARGS]
+
+
+STEP_HANDOVER_S = 0.02
+"""How often a caller whose requests another caller is stepping checks whether it must take the role over."""
+
+
+class _Call:
+    """One ``generate`` call's requests: their outputs by position, and an event set once all have finished."""
+
+    def __init__(self, prefix: str, n: int):
+        self.prefix, self.results, self.left, self.done = prefix, [None] * n, n, threading.Event()
+
+    def finish(self, output) -> None:
+        self.results[int(output.request_id[len(self.prefix):])] = output
+        self.left -= 1
+        if not self.left:
+            self.done.set()
 
 
 class VLLMBackend:
@@ -71,6 +90,8 @@ class VLLMBackend:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self._vllm = vllm
+        self._engine_lock, self._stepping = threading.Lock(), threading.Lock()
+        self._calls, self._pending = itertools.count(), {}
 
     @property
     def resources(self) -> dict[str, float]:
@@ -101,7 +122,7 @@ class VLLMBackend:
                 ok_idx.append(i)
                 ok_ids.append({"prompt_token_ids": ids})
         if ok_ids:
-            results = self.llm.generate(ok_ids, sp, use_tqdm=False)
+            results = self._run(ok_ids, sp)
             for i, res in zip(ok_idx, results, strict=True):
                 for j, comp in enumerate(res.outputs):
                     out[i * params.n + j] = Generation(
@@ -109,6 +130,33 @@ class VLLMBackend:
                         token_ids=list(comp.token_ids),
                     )
         return out  # type: ignore[return-value]
+
+    def _run(self, prompts: list[dict], sp) -> list:
+        """The finished outputs of ``prompts``, in order. Safe to call from several threads at once: every call
+        adds its requests to the one engine, and whichever caller holds the stepping role steps the engine for
+        all of them, so a second batch's requests join the running batch as the first batch's sequences finish
+        (the engine never idles through a batch's slowest sequence while the next batch waits)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        sp.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it has finished
+        call = _Call(f"{next(self._calls)}-", len(prompts))
+        with self._engine_lock:
+            for k, p in enumerate(prompts):
+                self.llm.llm_engine.add_request(f"{call.prefix}{k}", p, sp)
+                self._pending[f"{call.prefix}{k}"] = call
+        while not call.done.is_set():
+            if self._stepping.acquire(blocking=False):
+                try:
+                    while not call.done.is_set():
+                        with self._engine_lock:
+                            finished = [o for o in self.llm.llm_engine.step() if o.finished]
+                        for o in finished:
+                            self._pending.pop(o.request_id).finish(o)
+                finally:
+                    self._stepping.release()
+            else:
+                call.done.wait(STEP_HANDOVER_S)  # another caller steps; take over once its own call is done
+        return call.results
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

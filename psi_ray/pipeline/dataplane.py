@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from psi_ray.config import ModelSpec
 from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import eval_questions
-from psi_ray.pipeline.engines import IN_FLIGHT_PER_ENGINE, EnginePool, Tally
+from psi_ray.pipeline.engines import EnginePool, Tally, in_flight
 from psi_ray.rundir import StageDir, typed_table
 from psi_ray.stages import filter as filters
 from psi_ray.stages import instances
@@ -95,7 +95,7 @@ def generate_shards(sd: StageDir, shards: list[int], plan_args: dict, spec: Mode
         fn_kwargs={"plan_args": {**plan_args, "adapter": adapter}, "actors": actors,
                    "params": sampling.params().to_dict(), "generator": spec.model},
         batch_size=1,
-        compute=ray.data.TaskPoolStrategy(size=min(len(batches), IN_FLIGHT_PER_ENGINE * len(actors))),
+        compute=ray.data.TaskPoolStrategy(size=min(len(batches), in_flight(spec) * len(actors))),
         num_cpus=0,  # the task plans, waits on the engine (which holds the tier's CPUs and GPUs) and parses
         batch_format="pyarrow",
     )

@@ -3,10 +3,11 @@
 An :class:`EnginePool` starts one set of engine actors per distinct engine (backend, model, options, placement)
 the first time a stage needs it, and releases it after the last stage that does: on the default job, where
 M_L and M_g are the same model, expand, principles, summarize and instances share one engine start. Prompts
-stream through Ray Data ``map_batches`` tasks that hand each batch to an engine actor; two batches per engine
-are in flight, so the engine never waits for the next batch to be sent. :func:`stream` yields result batches as
-they arrive: instance generation writes shards while the rest is being generated and keeps only a
-:class:`Tally` of what it has seen.
+stream through Ray Data ``map_batches`` tasks that hand each batch to an engine actor, several at once
+(:func:`in_flight`). A vLLM engine actor takes them all at once and its engine runs their requests as one
+batch, so the next batch fills the engine while the last one's slowest sequences finish; other engines take
+one batch at a time, the next queued behind it. :func:`stream` yields result batches as they arrive (the instance stage uses
+:mod:`psi_ray.pipeline.dataplane`, which plans and parses in the same tasks).
 """
 
 from __future__ import annotations
@@ -19,7 +20,21 @@ from psi_ray.config import JobConfig, ModelSpec
 from psi_ray.errors import PsiRayError, last_line
 from psi_ray.runtime import engine_actor_env
 
-IN_FLIGHT_PER_ENGINE = 2  # one batch generating, one queued behind it
+CONCURRENT_BACKENDS = {"vllm"}
+"""Backends whose engine takes several calls at once (vLLM: every call's requests join one running batch, so
+the next batch fills the engine while the last one's slowest sequences finish); others take one at a time."""
+ENGINE_SEQUENCES = 256
+"""Sequences vLLM's offline engine runs at once by default on CPU (``max_num_seqs``; at least as many on GPU)."""
+CONCURRENT_CALLS_MAX = 64
+"""Calls a concurrent engine actor accepts at once (Ray Data's task pool sets how many are really sent)."""
+
+
+def in_flight(spec: ModelSpec) -> int:
+    """Batches sent to each engine actor of ``spec`` at once: for vLLM enough to fill its running batch, plus one
+    so the engine is never waiting for a batch to arrive; for other engines two (one generating, one queued)."""
+    if spec.backend not in CONCURRENT_BACKENDS:
+        return 2
+    return min(CONCURRENT_CALLS_MAX, max(2, -(-ENGINE_SEQUENCES // spec.batch_size) + 1))
 RESTARTS = 3  # an engine whose node dies is started again (on that node when it returns) this many times
 
 
@@ -91,7 +106,8 @@ class EnginePool:
         t0 = time.time()
         cls = ray.remote(EngineActor).options(
             num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=spec.resources or None,
-            max_restarts=RESTARTS, max_task_retries=RESTARTS, runtime_env={"env_vars": engine_actor_env()})
+            max_restarts=RESTARTS, max_task_retries=RESTARTS, runtime_env={"env_vars": engine_actor_env()},
+            max_concurrency=CONCURRENT_CALLS_MAX if spec.backend in CONCURRENT_BACKENDS else 1)
         as_dict = {"backend": spec.backend, "model": spec.model, "options": spec.options}
         actors = [cls.remote(as_dict) for _ in range(spec.replicas)]
         try:
@@ -158,7 +174,7 @@ def stream(rows: list[dict], spec: ModelSpec, sampling, pool: EnginePool):
         _send_to_engine,
         fn_kwargs={"actors": actors, "params": sampling.params().to_dict()},
         batch_size=b,
-        compute=ray.data.TaskPoolStrategy(size=min(blocks, IN_FLIGHT_PER_ENGINE * len(actors))),
+        compute=ray.data.TaskPoolStrategy(size=min(blocks, in_flight(spec) * len(actors))),
         num_cpus=0,  # the task only waits; the engine actor holds the tier's CPUs and GPUs
         batch_format="numpy",
     )

@@ -16,6 +16,26 @@ def test_vllm_and_hf_same_first_16_greedy_tokens():
     hf.close()
     vl = load_backend("vllm", "smollm2-135m", max_model_len=512)
     vl_ids = vl.generate([PROMPT], params)[0].token_ids[:16]
-    vl.close()
-    assert len(hf_ids) == 16
-    assert vl_ids == hf_ids
+    try:
+        assert len(hf_ids) == 16
+        assert vl_ids == hf_ids
+        calls_at_once_answer_as_one_call(vl)
+    finally:
+        vl.close()
+
+
+def calls_at_once_answer_as_one_call(vl):
+    """Two threads calling the vLLM engine at once (an engine actor takes two batches in flight): each gets
+    its own answers, in its own order, the same greedy tokens as one call with every prompt."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from psi_ray.backends import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=8)
+    prompts = [[{"role": "user", "content": f"What is {i} plus {i + 1}?"}] for i in range(6)]
+    alone = vl.generate(prompts, params)
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.submit(vl.generate, prompts[:4], params), pool.submit(vl.generate, prompts[4:], params)
+        together = first.result(timeout=300) + second.result(timeout=300)
+    assert len(together) == 6 and all(g.output_tokens for g in together)
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]

@@ -146,3 +146,13 @@ def test_tally_counts_what_streamed_past():
     t.add([{"prompt_tokens": 1, "output_tokens": 0, "node_id": "a"}, {"prompt_tokens": 2, "output_tokens": 4}])
     assert t.tokens("generator") == {"generator": {"requests": 3, "prompt_tokens": 6, "output_tokens": 9}}
     assert t.nodes("generator") == {"generator": ["a", "b"]}
+
+
+def test_a_vllm_engine_gets_enough_batches_to_fill_its_running_batch():
+    """vLLM runs every call's requests as one batch (up to 256 sequences on CPU): it is sent enough batches to
+    fill that, plus one; an engine that takes one call at a time gets one generating and one queued."""
+    from psi_ray.pipeline.engines import in_flight
+
+    vllm = {b: in_flight(ModelSpec(backend="vllm", batch_size=b)) for b in (32, 128, 256, 1024)}
+    assert vllm == {32: 9, 128: 3, 256: 2, 1024: 2}
+    assert in_flight(ModelSpec(backend="hf", batch_size=32)) == 2
