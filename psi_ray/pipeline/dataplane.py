@@ -113,7 +113,7 @@ def generate_shards(sd: StageDir, shards: list[int], plan_args: dict, spec: Mode
 
 class RowChecker:
     """:func:`filters.row_check` over a table's rows, with the job's seeds and eval questions loaded once: in a
-    checker actor, or in the driver for small inputs or where Ray has no free CPU."""
+    checker actor, or in the driver for small inputs or where Ray is not running."""
 
     def __init__(self, adapter, seed_rows: list[dict], fc, capacity: int):
         self.adapter = adapter
@@ -133,7 +133,7 @@ class FilterPlane:
 
     ``rows`` is how many rows will pass (it sizes the duplicate index and decides whether checker actors are
     worth starting); ``parallel=False`` keeps every check in the driver (the kept-row count between waves of
-    instance generation, while the engine holds the CPUs).
+    instance generation, which should not compete with the engine generating the next wave).
     """
 
     def __init__(self, adapter, seed_rows: list[dict], fc, rows: int, parallel: bool = True):
