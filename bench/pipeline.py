@@ -39,9 +39,8 @@ def plan(cfg, n: int) -> list[dict]:
     from psi_ray.stages import instances
     from psi_ray.tasks import get_adapter
 
-    a = plan_args(cfg, n)
-    return instances.plan_range(0, n, n, a["seed"], HIGH, a["seeds"], a["principles_per_prompt"],
-                                a["examples_per_prompt"], get_adapter(cfg.task.adapter), a["samples_per_prompt"])
+    a = {k: v for k, v in plan_args(cfg, n).items() if k != "count"}
+    return instances.plan_range(0, n, adapter=get_adapter(cfg.task.adapter), **a)
 
 
 def raw_engine(cfg, rows) -> dict:

@@ -75,6 +75,13 @@ def write_table(path: Path, table) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
+def read_table(path: Path):
+    """One Parquet file as an Arrow table."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
 def read_parquet_rows(paths: list[Path]) -> list[dict]:
     import pyarrow.parquet as pq
 

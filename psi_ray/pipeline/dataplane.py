@@ -18,12 +18,11 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 
 from psi_ray.config import ModelSpec
-from psi_ray.errors import PsiRayError
 from psi_ray.evaluate.questions import eval_questions
 from psi_ray.pipeline.engines import EnginePool, Tally, in_flight
 from psi_ray.rundir import StageDir, typed_table
 from psi_ray.stages import filter as filters
-from psi_ray.stages import instances
+from psi_ray.stages import instances, require_column_names
 
 CHECKERS_MAX = 8
 """Filter checker actors at most; fewer where the cluster has fewer CPUs."""
@@ -59,10 +58,8 @@ def _generate_block(batch, plan_args: dict, actors: list, params: dict, generato
     import ray
 
     seq, ranges = batch["seq"][0].as_py(), json.loads(batch["ranges"][0].as_py())
-    a = plan_args
-    planned = [r for start, stop in ranges for r in instances.plan_range(
-        start, stop, a["shard_size"], a["seed"], a["principles"], a["seeds"], a["principles_per_prompt"],
-        a["examples_per_prompt"], a["adapter"], a["samples_per_prompt"])]
+    plan = {k: v for k, v in plan_args.items() if k != "count"}  # the rest are plan_range's own arguments
+    planned = [r for start, stop in ranges for r in instances.plan_range(start, stop, **plan)]
     encoded: dict[int, str] = {}  # rows of one prompt group share the prompt: encode it once
     prompts = [encoded.setdefault(id(r["prompt"]), json.dumps(r["prompt"])) for r in planned]
     actor = actors[seq % len(actors)]
@@ -70,7 +67,7 @@ def _generate_block(batch, plan_args: dict, actors: list, params: dict, generato
     gens = [dict(zip(got, values, strict=True)) for values in zip(*got.values(), strict=True)]
     for g in gens:
         g["error"] = g["error"] or None
-    return typed_table(instances.parse_outputs(planned, gens, a["adapter"], generator))
+    return typed_table(instances.parse_outputs(planned, gens, plan_args["adapter"], generator))
 
 
 def generate_shards(sd: StageDir, shards: list[int], plan_args: dict, spec: ModelSpec, sampling,
@@ -161,10 +158,7 @@ class FilterPlane:
         def submit() -> None:
             table = next(source, None)
             if table is not None:
-                missing = [c for c in FILTER_INPUT if c not in table.column_names]
-                if missing:
-                    raise PsiRayError(f"stage filter: missing input columns {missing}; present: "
-                                      f"{sorted(table.column_names)}")
+                require_column_names("filter", table.column_names, list(FILTER_INPUT))
                 wanted = table.select([c for c in (*FILTER_INPUT, "verified") if c in table.column_names])
                 actor = self.actors[next(turn) % len(self.actors)] if self.actors else None
                 window.append((table, actor.check.remote(wanted) if actor else self.local.check(wanted)))

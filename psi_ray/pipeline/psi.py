@@ -27,6 +27,7 @@ from psi_ray.rundir import (
     atomic_write_text,
     locked,
     read_parquet_rows,
+    read_table,
 )
 from psi_ray.runtime import init_ray
 from psi_ray.stages import cluster, dataset, expand, guidance, instances, principles, seeds, summarize, verify
@@ -204,7 +205,7 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
         while True:
             parts = sd.parts()
             while counted < len(shards) and shards[counted] in parts:  # count finished shards in plan order
-                for table, reasons in plane.run([pq_read(parts[shards[counted]])]):
+                for table, reasons in plane.run([read_table(parts[shards[counted]])]):
                     generated += table.num_rows
                     kept += sum(x is None for x in reasons)
                 counted += 1
@@ -222,13 +223,6 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
              "tokens": tally.tokens(tier), "nodes": tally.nodes(tier), "shards": len(sd.parts()),
              "resumed_shards": len(done), "tier": tier, "generator": spec.model, **extra}
     return StageResult(None, extra)
-
-
-def pq_read(path: Path):
-    """One part as an Arrow table."""
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path)
 
 
 def verify_stage(r: Run, sd: StageDir, made: StageDir):
@@ -278,7 +272,7 @@ def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):
     plane = dataplane.FilterPlane(r.adapter, seed_rows, fc, r.cfg.instances.count)
     checkers = len(plane.actors)
     try:
-        for part, (table, why) in zip(parts, plane.run(pq_read(p) for p in parts.values()), strict=True):
+        for part, (table, why) in zip(parts, plane.run(read_table(p) for p in parts.values()), strict=True):
             for i, x in enumerate(why):  # equal budgets: rows past the target are marked, not dropped
                 kept += x is None
                 if x is None and target and kept > target:
@@ -303,7 +297,7 @@ def dataset_stage(r: Run, sd: StageDir, kept: StageDir, high):
     sampling = cfg.instances.sampling.model_dump()
     with ParquetSink(sd.path / DATASET_FILE, dataset.schema()) as sink:
         for path in kept.parts().values():
-            sink.write_table(dataset.to_table(pq_read(path), cfg.task.adapter, cfg.method, sampling))
+            sink.write_table(dataset.to_table(read_table(path), cfg.task.adapter, cfg.method, sampling))
     fm = kept.manifest()
     counts = {"instances generated": fm["rows"], "valid instances": sink.rows,
               **{f"rejected: {k}": v for k, v in fm.get("rejected", {}).items()},

@@ -9,8 +9,12 @@ from psi_ray.errors import PsiRayError
 
 def require_columns(stage: str, rows: list[dict], columns: list[str]) -> None:
     """Fail with the stage's name, the missing columns and the present ones."""
-    if not rows:
-        return
-    missing = [c for c in columns if c not in rows[0]]
+    if rows:
+        require_column_names(stage, list(rows[0]), columns)
+
+
+def require_column_names(stage: str, present: list[str], columns: list[str]) -> None:
+    """:func:`require_columns` for a table's column names (an Arrow table's ``column_names``)."""
+    missing = [c for c in columns if c not in present]
     if missing:
-        raise PsiRayError(f"stage {stage}: missing input columns {missing}; present: {sorted(rows[0])}")
+        raise PsiRayError(f"stage {stage}: missing input columns {missing}; present: {sorted(present)}")
