@@ -56,6 +56,7 @@ bench: install engine-libs
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/preload.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/cpu_engine.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/serve_load.py

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # Env vars of the driver that every Ray worker also needs (model cache, offline switches, vLLM's CPU binding).
 WORKER_ENV = ("PSI_RAY_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM",
-              "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+              "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "PSI_RAY_VLLM_IN_PROCESS")
 
 # Quiet engine-actor shutdown. vLLM's engine (a child process of the actor) and joblib register shared memory
 # and semaphores with multiprocessing's resource tracker, another child. At actor exit Ray kills the children

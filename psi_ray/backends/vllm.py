@@ -2,13 +2,16 @@
 
 On CPU it runs float32 (no native bf16 on these cores), eager mode, and reserves only a small share of RAM
 for the KV cache (vLLM reads ``gpu_memory_utilization`` as a share of system RAM there). Threads are bound
-to all cores unless ``VLLM_CPU_OMP_THREADS_BIND`` is set. Options: ``max_model_len`` (default 2048),
+to all cores unless ``VLLM_CPU_OMP_THREADS_BIND`` is set, and the engine core runs in this process
+(:data:`IN_PROCESS_ENV`). One thread of the backend starts the engine and steps it; ``generate`` may be called
+from many threads at once, and their requests run as one batch. Options: ``max_model_len`` (default 2048),
 ``gpu_memory_utilization``, ``dtype``, ``threads`` (CPU cores to bind, default all) and any other
 ``vllm.LLM`` keyword under ``engine_kwargs``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -29,6 +32,15 @@ def cpu_engine_env(threads: int | None = None) -> dict[str, str]:
     }
 
 
+def cpu_list(text: str) -> list[int]:
+    """The cores of a ``VLLM_CPU_OMP_THREADS_BIND`` list such as ``0-3`` or ``0,2,4``."""
+    cores: list[int] = []
+    for part in text.split("|")[0].split(","):
+        a, _, b = part.strip().partition("-")
+        cores.extend(range(int(a), int(b or a) + 1))
+    return cores
+
+
 # ``engine_kwargs`` keys psi-ray refuses: running code shipped with a model repository, or replacing the model
 # and tokenizer it resolved (and recorded in the manifests) with others.
 REFUSED_ENGINE_KWARGS = ("trust_remote_code", "model", "tokenizer")
@@ -39,8 +51,18 @@ def refused_engine_kwargs(engine_kwargs: dict | None) -> list[str]:
     return [k for k in (engine_kwargs or {}) if k in REFUSED_ENGINE_KWARGS]
 
 
-STEP_HANDOVER_S = 0.02
-"""How often a caller whose requests another caller is stepping checks whether it must take the role over."""
+# On CPU the engine runs in the calling process (vLLM's in-process engine core and single-process executor).
+# vLLM's default there starts an engine-core process and a worker process beside the caller, each importing
+# torch and vLLM again: on 2 cores an engine start took 40.3 s that way and 18.9 s in-process, for the same
+# generation speed (117.0 vs 122.6 tok/s on the default job's instance prompts, within this machine's run-to-run
+# spread; `python bench/cpu_engine.py` measures both side by side). GPU engines keep vLLM's default.
+# PSI_RAY_VLLM_IN_PROCESS=0 brings vLLM's default back on CPU.
+IN_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def in_process(on_gpu: bool) -> bool:
+    """Whether a vLLM engine runs in this process (CPU, unless ``PSI_RAY_VLLM_IN_PROCESS=0``)."""
+    return not on_gpu and os.environ.get("PSI_RAY_VLLM_IN_PROCESS", "1") != "0"
 
 
 class _Call:
@@ -48,6 +70,7 @@ class _Call:
 
     def __init__(self, prefix: str, n: int):
         self.prefix, self.results, self.left, self.done = prefix, [None] * n, n, threading.Event()
+        self.error: str | None = None
 
     def finish(self, output) -> None:
         self.results[int(output.request_id[len(self.prefix):])] = output
@@ -82,16 +105,26 @@ class VLLMBackend:
             enforce_eager=not self.on_gpu,
             seed=0,
         )
+        self.in_process = in_process(self.on_gpu)
+        if self.in_process:
+            kwargs["distributed_executor_backend"] = "uni"  # with IN_PROCESS_ENV: no engine or worker process
         kwargs.update(engine_kwargs or {})
-        try:
-            self.llm = vllm.LLM(**kwargs)
-        except Exception as exc:  # engine start failures are fatal: say which model and why, in one line
-            raise PsiRayError(f"vLLM could not start {model}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-        self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self._vllm = vllm
-        self._engine_lock, self._stepping = threading.Lock(), threading.Lock()
-        self._calls, self._pending = itertools.count(), {}
+        self._work = threading.Condition()  # guards the engine, _pending and _stop; wakes the engine thread
+        self._calls, self._pending, self._stop = itertools.count(), {}, False
+        self._start_error: str | None = None
+        started = threading.Event()
+        # One thread starts the engine and runs every step: on CPU the engine computes in this process, and
+        # OpenMP binds its threads to the cores for the thread that started it; steps from other threads would
+        # each bring a team of unbound threads.
+        self._thread = threading.Thread(target=self._engine_thread, args=(kwargs, started), daemon=True,
+                                        name=f"vllm-engine-{model}")
+        self._thread.start()
+        started.wait()
+        if self._start_error:
+            raise PsiRayError(f"vLLM could not start {model}: {self._start_error}")
+        self.tokenizer = self.llm.get_tokenizer()
 
     @property
     def resources(self) -> dict[str, float]:
@@ -133,32 +166,93 @@ class VLLMBackend:
 
     def _run(self, prompts: list[dict], sp) -> list:
         """The finished outputs of ``prompts``, in order. Safe to call from several threads at once: every call
-        adds its requests to the one engine, and whichever caller holds the stepping role steps the engine for
-        all of them, so a second batch's requests join the running batch as the first batch's sequences finish
-        (the engine never idles through a batch's slowest sequence while the next batch waits)."""
+        adds its requests to the one engine, whose thread steps them all as one running batch, so a second
+        batch's requests join while the first batch's slowest sequences finish."""
         from vllm.sampling_params import RequestOutputKind
 
         sp.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it has finished
         call = _Call(f"{next(self._calls)}-", len(prompts))
-        with self._engine_lock:
+        with self._work:
+            if self._stop:
+                raise PsiRayError("the vLLM engine is closed")
             for k, p in enumerate(prompts):
                 self.llm.llm_engine.add_request(f"{call.prefix}{k}", p, sp)
                 self._pending[f"{call.prefix}{k}"] = call
-        while not call.done.is_set():
-            if self._stepping.acquire(blocking=False):
-                try:
-                    while not call.done.is_set():
-                        with self._engine_lock:
-                            finished = [o for o in self.llm.llm_engine.step() if o.finished]
-                        for o in finished:
-                            self._pending.pop(o.request_id).finish(o)
-                finally:
-                    self._stepping.release()
-            else:
-                call.done.wait(STEP_HANDOVER_S)  # another caller steps; take over once its own call is done
+            self._work.notify()
+        call.done.wait()
+        if call.error:
+            raise PsiRayError(f"the vLLM engine failed: {call.error}")
         return call.results
 
+    def _engine_thread(self, kwargs: dict, started: threading.Event) -> None:
+        """Start the engine, then step it whenever requests are pending, until :meth:`close`."""
+        try:
+            # vLLM adds to LD_PRELOAD while it builds a CPU engine; a later Ray start or child process of this
+            # process must not inherit that, nor the settings below.
+            saved = {k: os.environ.get(k) for k in (*IN_PROCESS_ENV, "LD_PRELOAD", "OMP_NUM_THREADS")}
+            if self.in_process:
+                os.environ.update(IN_PROCESS_ENV)  # read while the engine is built
+                self._use_bound_cores()
+            try:
+                self.llm = self._vllm.LLM(**kwargs)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        except Exception as exc:  # engine start failures are fatal: say which model and why, in one line
+            self._start_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return
+        finally:
+            started.set()
+        engine = self.llm.llm_engine
+        while True:
+            with self._work:
+                while not self._stop and not self._pending:
+                    self._work.wait()
+                if self._stop:
+                    return
+                try:
+                    finished = [o for o in engine.step() if o.finished]
+                except Exception as exc:  # every waiting call fails with the reason; nothing hangs
+                    self._fail_pending(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    continue
+                for o in finished:
+                    call = self._pending.pop(o.request_id, None)
+                    if call is not None:
+                        call.finish(o)
+                if self._pending and not engine.has_unfinished_requests():  # cannot happen; never hang on it
+                    self._fail_pending("the engine dropped requests")
+
+    @staticmethod
+    def _use_bound_cores() -> None:
+        """Give this thread's OpenMP team one thread per bound core before the engine binds them. In a Ray actor
+        that reserves one CPU, Ray has set ``OMP_NUM_THREADS=1``: the in-process engine then computed on a single
+        thread (0.54x the raw engine's tokens/s on 2 cores)."""
+        import torch
+
+        cores = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")
+        n = len(cpu_list(cores)) if cores and cores not in ("auto", "nobind") else len(os.sched_getaffinity(0))
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        torch.set_num_threads(n)
+
+    def _fail_pending(self, reason: str) -> None:
+        for request_id, call in list(self._pending.items()):
+            with contextlib.suppress(Exception):
+                self.llm.llm_engine.abort_request([request_id])
+            call.error = reason
+            call.done.set()
+        self._pending.clear()
+
     def close(self) -> None:
+        work = getattr(self, "_work", None)
+        if work is not None:
+            with work:
+                self._stop = True
+                self._fail_pending("the engine was closed")
+                work.notify_all()
+            self._thread.join(timeout=60)
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             try:

@@ -2,6 +2,8 @@
 
 import pytest
 
+from psi_ray.errors import PsiRayError
+
 pytestmark = pytest.mark.integration
 
 PROMPT = [{"role": "user", "content": "Explain in one sentence why the sky is blue."}]
@@ -20,8 +22,32 @@ def test_vllm_and_hf_same_first_16_greedy_tokens():
         assert len(hf_ids) == 16
         assert vl_ids == hf_ids
         calls_at_once_answer_as_one_call(vl)
+        a_failed_step_fails_its_calls_and_the_engine_goes_on(vl)
     finally:
         vl.close()
+    with pytest.raises(PsiRayError, match="closed"):
+        vl.generate([PROMPT], params)
+
+
+def a_failed_step_fails_its_calls_and_the_engine_goes_on(vl):
+    """An engine step that raises fails the calls waiting on it with the reason (none hangs); their requests
+    are aborted, and the next call is answered as before."""
+    from psi_ray.backends import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=4)
+    engine, before = vl.llm.llm_engine, vl.generate([PROMPT], params)[0].token_ids
+
+    def broken_step():
+        raise RuntimeError("step broke")
+
+    engine.step = broken_step
+    try:
+        with pytest.raises(PsiRayError, match="step broke"):
+            vl.generate([PROMPT], params)
+    finally:
+        del engine.step
+    assert not engine.has_unfinished_requests()
+    assert vl.generate([PROMPT], params)[0].token_ids == before
 
 
 def calls_at_once_answer_as_one_call(vl):
