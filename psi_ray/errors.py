@@ -20,6 +20,11 @@ def last_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's type and the first line of its message: for errors whose cause comes first (vLLM's)."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def require(module: str, purpose: str, package: str | None = None, extra: str = "cpu"):
     """Import ``module`` or raise a :class:`MissingExtraError` that says how to install it."""
     import importlib

@@ -17,7 +17,7 @@ import os
 import threading
 
 from psi_ray.backends.base import Generation, Prompt, SamplingParams, render_prompt
-from psi_ray.errors import PsiRayError, require
+from psi_ray.errors import PsiRayError, first_line, require
 from psi_ray.runtime import cuda_available
 
 
@@ -39,10 +39,6 @@ def cpu_list(text: str) -> list[int]:
         a, _, b = part.strip().partition("-")
         cores.extend(range(int(a), int(b or a) + 1))
     return cores
-
-
-def one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 # ``engine_kwargs`` keys psi-ray refuses: running code shipped with a model repository, or replacing the model
@@ -200,7 +196,7 @@ class VLLMBackend:
         try:
             self._build(kwargs)
         except BaseException as exc:  # engine start failures are fatal: say which model and why, in one line
-            self._start_error = one_line(exc)
+            self._start_error = first_line(exc)
             return
         finally:
             started.set()
@@ -208,7 +204,7 @@ class VLLMBackend:
         try:
             self._serve(self.llm.llm_engine)
         except BaseException as exc:
-            reason = one_line(exc)
+            reason = first_line(exc)
         with self._work:
             self._stop, self._closed_reason = True, reason
             inbox, self._inbox = self._inbox, []
@@ -247,7 +243,7 @@ class VLLMBackend:
             try:
                 finished = [o for o in engine.step() if o.finished]
             except Exception as exc:  # every waiting call fails with the reason; the engine goes on
-                self._fail_pending(one_line(exc))
+                self._fail_pending(first_line(exc))
                 continue
             for o in finished:
                 call = self._pending.pop(o.request_id, None)
@@ -269,7 +265,7 @@ class VLLMBackend:
                 self._pending.pop(request_id, None)
             with contextlib.suppress(Exception):
                 engine.abort_request(added)
-            call.fail(one_line(exc))
+            call.fail(first_line(exc))
 
     @staticmethod
     def _use_engine_cores() -> None:
