@@ -109,7 +109,7 @@ def generate_shards(sd: StageDir, shards: list[int], plan_args: dict, spec: Mode
 
 
 class RowChecker:
-    """:func:`filters.row_check` over a table's rows, with the job's seeds and eval questions loaded once: in a
+    """:func:`filters.check_rows` over a table's rows, with the job's seeds and eval questions loaded once: in a
     checker actor, or in the driver for small inputs or where Ray is not running."""
 
     def __init__(self, adapter, seed_rows: list[dict], fc, capacity: int):
@@ -122,7 +122,7 @@ class RowChecker:
     def check(self, table) -> list[tuple[str | None, int, list[int]]]:
         cols = table.to_pydict()
         rows = [dict(zip(cols, values, strict=True)) for values in zip(*cols.values(), strict=True)]
-        return [filters.row_check(r, self.adapter, self.dedup, self.decontam) for r in rows]
+        return filters.check_rows(rows, self.adapter, self.dedup, self.decontam)
 
 
 class FilterPlane:

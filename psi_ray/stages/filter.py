@@ -15,6 +15,7 @@ through. Rows stream part by part; nothing holds the whole table.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import warnings
@@ -34,10 +35,31 @@ def normalize(text: str) -> str:
     return " ".join(WORD.findall(text.lower()))
 
 
+def blind(normalized: str) -> str:
+    """Numbers masked: a test question with its numbers changed is still that test question."""
+    return DIGITS.sub("0", normalized)
+
+
+def gram_keys(words: list[str], n: int = NGRAM) -> set[int]:
+    """Hashes of the word n-grams of ``words`` (none when there are fewer than ``n``)."""
+    return {hash(" ".join(words[i : i + n])) for i in range(len(words) - n + 1)}
+
+
 def ngram_keys(text: str, n: int = NGRAM) -> set[int]:
     """Hashes of the normalized word n-grams of ``text`` (none when it is shorter than ``n`` words)."""
-    words = normalize(text).split()
-    return {hash(" ".join(words[i : i + n])) for i in range(len(words) - n + 1)}
+    return gram_keys(normalize(text).split(), n)
+
+
+def shingles_of(normalized: str, n: int = 3) -> list[bytes]:
+    """The distinct word ``n``-gram shingles of a normalized text (the text itself when it is shorter)."""
+    words = normalized.split()
+    if len(words) < n:
+        return [" ".join(words).encode()]
+    return list({" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)})
+
+
+def shingles(text: str, n: int = 3) -> list[bytes]:
+    return shingles_of(normalize(text), n)
 
 
 class NgramIndex:
@@ -53,53 +75,84 @@ class NgramIndex:
                 self.whole.add(normalize(t))
 
     def hits(self, text: str) -> bool:
-        return normalize(text) in self.whole or not self.grams.isdisjoint(ngram_keys(text, self.n))
+        return self.hits_normalized(normalize(text))
+
+    def hits_normalized(self, normalized: str) -> bool:
+        return normalized in self.whole or not self.grams.isdisjoint(gram_keys(normalized.split(), self.n))
+
+
+class MinHasher:
+    """datasketch's ``MinHash`` (scheme ``affine32``: SHA-1 32-bit shingle hashes, MurmurHash3's finalizer,
+    affine permutations) computed for many texts in one numpy pass: the same signatures as one ``MinHash``
+    object per text (unit-tested against the library), at a fraction of the cost per row, since the
+    filter computes two signatures for every generated row."""
+
+    def __init__(self, num_perm: int, seed: int = 1):
+        ds = require("datasketch", "MinHash signatures", package="datasketch[bloom]")
+        template = ds.MinHash(num_perm=num_perm, seed=seed, scheme=MINHASH_SCHEME)
+        self.num_perm, self.seed = num_perm, seed
+        self.a, self.b = (np.asarray(p, dtype=np.uint32) for p in template.permutations)
+        self._hash = functools.lru_cache(maxsize=1 << 16)(ds.hashfunc.sha1_hash32)  # shingles recur across rows
+
+    def signatures(self, shingle_lists: list[list[bytes]]) -> np.ndarray:
+        """One row of ``num_perm`` uint32 minima per list of shingles (each list non-empty)."""
+        if not shingle_lists:
+            return np.zeros((0, self.num_perm), dtype=np.uint32)
+        h = self._hash
+        hv = np.fromiter((h(s) for sh in shingle_lists for s in sh), dtype=np.uint32)
+        hv ^= hv >> np.uint32(16)
+        hv *= np.uint32(0x85EBCA6B)
+        hv ^= hv >> np.uint32(13)
+        hv *= np.uint32(0xC2B2AE35)
+        hv ^= hv >> np.uint32(16)
+        starts = np.cumsum([0] + [len(sh) for sh in shingle_lists[:-1]])
+        return np.minimum.reduceat(hv[:, None] * self.a + self.b, starts, axis=0)
+
+
+MINHASH_SCHEME = "affine32"  # what MinHasher reproduces; pinned, so a new library default cannot change it
+MERSENNE_61 = np.uint64((1 << 61) - 1)
+
+
+def band_key_matrix(sigs: np.ndarray, b: int, r: int) -> list[list[int]]:
+    """Each signature's key per LSH band, as ``MinHashLSHBloom`` computes it (the band's hash values summed in
+    uint64, modulo 2**61 - 1)."""
+    n = sigs.shape[0]
+    sums = sigs[:, : b * r].astype(np.uint64).reshape(n, b, r).sum(axis=2, dtype=np.uint64)
+    return (sums % MERSENNE_61).tolist()
 
 
 class Decontaminator:
     """Eval questions a generated question must not repeat: shared 13-grams, or number-blind word 3-gram
-    Jaccard at or above ``threshold`` (MinHash LSH for candidates, exact Jaccard to confirm)."""
+    Jaccard at or above ``threshold`` (MinHash LSH band keys for candidates, exact Jaccard to confirm)."""
 
     def __init__(self, questions: list[str], threshold: float, num_perm: int = 64, seed: int = 1):
         ds = require("datasketch", "decontamination", package="datasketch[bloom]")
-        self._ds, self.num_perm, self.seed, self.threshold = ds, num_perm, seed, threshold
-        template = ds.MinHash(num_perm=num_perm, seed=seed)
-        self._perms, self._scheme = template.permutations, template.scheme
+        self.threshold = threshold
+        self.hasher = MinHasher(num_perm, seed)
+        lsh = ds.MinHashLSH(threshold=threshold, num_perm=num_perm)  # the library picks the bands for threshold
+        self.b, self.r = lsh.b, lsh.r
         self.ngrams = NgramIndex(questions)
-        self.lsh = ds.MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self.sets: list[set[bytes]] = []
-        for i, q in enumerate(questions):
-            sh = set(shingles(self.blind(q)))
-            self.sets.append(sh)
-            self.lsh.insert(i, self._sig(sh))
-
-    @staticmethod
-    def blind(text: str) -> str:
-        """Numbers masked: a test question with its numbers changed is still that test question."""
-        return DIGITS.sub("0", text)
-
-    def _sig(self, sh):
-        m = self._ds.MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._perms,
-                             scheme=self._scheme)
-        m.update_batch(list(sh))
-        return m
+        self.sets = [set(shingles_of(blind(normalize(q)))) for q in questions]
+        self.buckets: list[dict[int, list[int]]] = [{} for _ in range(self.b)]
+        sigs = self.hasher.signatures([list(s) for s in self.sets])
+        for i, keys in enumerate(band_key_matrix(sigs, self.b, self.r)):
+            for bucket, k in zip(self.buckets, keys, strict=True):
+                bucket.setdefault(k, []).append(i)
 
     def contaminated(self, text: str) -> bool:
-        if self.ngrams.hits(text):
-            return True
-        sh = set(shingles(self.blind(text)))
-        for i in self.lsh.query(self._sig(sh)):
-            other = self.sets[i]
-            if len(sh & other) / len(sh | other) >= self.threshold:
-                return True
-        return False
+        return self.contaminated_many([text])[0]
 
-
-def shingles(text: str, n: int = 3) -> list[bytes]:
-    words = normalize(text).split()
-    if len(words) < n:
-        return [" ".join(words).encode()]
-    return list({" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)})
+    def contaminated_many(self, texts: list[str]) -> list[bool]:
+        """For each text, whether it repeats an eval question; one vectorized MinHash pass for all of them."""
+        norms = [normalize(t) for t in texts]
+        out = [self.ngrams.hits_normalized(n) for n in norms]
+        todo = [i for i, hit in enumerate(out) if not hit]
+        sets = [set(shingles_of(blind(norms[i]))) for i in todo]
+        sigs = self.hasher.signatures([list(s) for s in sets])
+        for i, sh, keys in zip(todo, sets, band_key_matrix(sigs, self.b, self.r), strict=True):
+            candidates = {q for bucket, k in zip(self.buckets, keys, strict=True) for q in bucket.get(k, ())}
+            out[i] = any(len(sh & self.sets[q]) / len(sh | self.sets[q]) >= self.threshold for q in candidates)
+        return out
 
 
 class Deduper:
@@ -108,9 +161,7 @@ class Deduper:
     def __init__(self, threshold: float, num_perm: int, capacity: int, seed: int = 1, seed_capacity: int = 10_000):
         ds = require("datasketch", "near-duplicate filtering", package="datasketch[bloom]")
         bloom = require("pybloomfilter", "near-duplicate filtering", package="datasketch[bloom]")
-        self._ds, self.num_perm, self.seed = ds, num_perm, seed
-        template = ds.MinHash(num_perm=num_perm, seed=seed)
-        self._perms, self._scheme = template.permutations, template.scheme  # shared: building them is costly
+        self.hasher = MinHasher(num_perm, seed)
         capacity = max(capacity, 1000)
         self.exact = bloom.BloomFilter(capacity, 1e-7)
         seed_capacity = max(seed_capacity, 1000)  # sized for the seeds, so a large seed set keeps its error rate
@@ -121,37 +172,36 @@ class Deduper:
             self.near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=capacity, fp=1e-6)
             self.seed_near = ds.MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=seed_capacity, fp=1e-6)
 
-    def signature(self, text: str):
-        m = self._ds.MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._perms,
-                               scheme=self._scheme)
-        m.update_batch(shingles(text))
-        return m
-
-    def band_keys(self, sig) -> list[int]:
-        """The LSH index's key of each band of ``sig``, as ``MinHashLSHBloom`` computes it (the band's hash
-        values summed in uint64, modulo 2**61 - 1): computed once per row, where the row is checked, so the
-        in-order pass only looks keys up."""
-        b, r = self.near.b, self.near.r
-        sums = sig.hashvalues[: b * r].astype(np.uint64).reshape(b, r).sum(axis=1, dtype=np.uint64)
-        return [int(k) for k in sums % MERSENNE_61]
+    def band_keys_many(self, norms: list[str]) -> list[list[int]]:
+        """The LSH index's key of each band of each normalized text's MinHash, computed where the row is
+        checked, so the in-order pass only looks keys up."""
+        sigs = self.hasher.signatures([shingles_of(n) for n in norms])
+        return band_key_matrix(sigs, self.near.b, self.near.r)
 
     @staticmethod
-    def _key(text: str) -> int:
-        return int.from_bytes(hashlib.blake2b(normalize(text).encode(), digest_size=8).digest(), "little") >> 1
+    def _key(normalized: str) -> int:
+        return int.from_bytes(hashlib.blake2b(normalized.encode(), digest_size=8).digest(), "little") >> 1
 
     def add_seeds(self, texts: list[str]) -> None:
-        for text in texts:
-            self.seed_exact.add(self._key(text))
-            _lsh_add(self.seed_near, self.band_keys(self.signature(text)))
+        norms = [normalize(t) for t in texts]
+        for norm, bands in zip(norms, self.band_keys_many(norms), strict=True):
+            self.seed_exact.add(self._key(norm))
+            _lsh_add(self.seed_near, bands)
         self.seed_ngrams = NgramIndex(texts)
 
     def keys(self, text: str) -> tuple[str | None, int, list[int]]:
-        """What needs no other generated row: ``copies_seed`` or None, then the row's exact key and band keys
-        for :meth:`remember`. Safe to run on copies of this object in parallel."""
-        key, bands = self._key(text), self.band_keys(self.signature(text))
-        if key in self.seed_exact or _lsh_has(self.seed_near, bands) or self.seed_ngrams.hits(text):
-            return "copies_seed", key, bands
-        return None, key, bands
+        return self.keys_many([text])[0]
+
+    def keys_many(self, texts: list[str]) -> list[tuple[str | None, int, list[int]]]:
+        """What needs no other generated row, per text: ``copies_seed`` or None, then the text's exact key and
+        band keys for :meth:`remember`. Safe to run on copies of this object in parallel."""
+        norms = [normalize(t) for t in texts]
+        out = []
+        for norm, bands in zip(norms, self.band_keys_many(norms), strict=True):
+            key = self._key(norm)
+            seed = key in self.seed_exact or _lsh_has(self.seed_near, bands) or self.seed_ngrams.hits_normalized(norm)
+            out.append(("copies_seed" if seed else None, key, bands))
+        return out
 
     def remember(self, key: int, bands: list[int]) -> str | None:
         """The in-order part: the duplicate reason for a row with these keys, or None (and then it is
@@ -170,9 +220,6 @@ class Deduper:
         return seed or self.remember(key, bands)
 
 
-MERSENNE_61 = np.uint64((1 << 61) - 1)
-
-
 def _lsh_has(lsh, bands: list[int]) -> bool:
     """Whether any band key is in ``lsh`` (a ``MinHashLSHBloom``): its ``query`` without re-hashing."""
     return any(k in t.bloom_filter for k, t in zip(bands, lsh.hashtables, strict=True))
@@ -184,33 +231,40 @@ def _lsh_add(lsh, bands: list[int]) -> None:
         t.bloom_filter.add(k)
 
 
-def row_check(row: dict, adapter, dedup: Deduper, decontam: Decontaminator | None = None) \
-        -> tuple[str | None, int, list[int]]:
-    """Every check that needs only the row itself, in the filter's order: (reason or None, exact key, band
-    keys). Runs in parallel; :meth:`Deduper.remember` then decides duplicates in row order."""
+def own_reason(row: dict, adapter) -> str | None:
+    """The checks of one row that need neither other rows nor eval questions: engine or parse error, the
+    adapter's content check, self-consistency."""
     if row["error"]:
-        return row["error"].split(":")[0], 0, []
+        return row["error"].split(":")[0]
     reason = adapter.check(row["instruction"], row["response"])
     if reason:
-        return reason, 0, []
-    if row.get("verified") is False:
-        return "unverified", 0, []
-    if decontam is not None and decontam.contaminated(row["instruction"]):
-        return "contaminated", 0, []
-    return dedup.keys(row["instruction"])
+        return reason
+    return "unverified" if row.get("verified") is False else None
 
 
-def reject_reason(row: dict, adapter, dedup: Deduper, decontam: Decontaminator | None = None) -> str | None:
-    reason, key, bands = row_check(row, adapter, dedup, decontam)
-    return reason or dedup.remember(key, bands)
+def check_rows(rows: list[dict], adapter, dedup: Deduper, decontam: Decontaminator | None = None) \
+        -> list[tuple[str | None, int, list[int]]]:
+    """Every check that needs only the row itself, in the filter's order, per row: (reason or None, exact key,
+    band keys). Runs in parallel on parts of a table; :meth:`Deduper.remember` then decides duplicates in row
+    order. The MinHash work of all rows still in the running is done in one pass."""
+    out: list[tuple[str | None, int, list[int]]] = [(own_reason(r, adapter), 0, []) for r in rows]
+    todo = [i for i, (reason, _, _) in enumerate(out) if reason is None]
+    if decontam is not None:
+        flags = decontam.contaminated_many([rows[i]["instruction"] for i in todo])
+        for i in (i for i, hit in zip(todo, flags, strict=True) if hit):
+            out[i] = ("contaminated", 0, [])
+        todo = [i for i, hit in zip(todo, flags, strict=True) if not hit]
+    for i, keys in zip(todo, dedup.keys_many([rows[i]["instruction"] for i in todo]), strict=True):
+        out[i] = keys
+    return out
 
 
 def apply_filters(rows: list[dict], adapter, dedup: Deduper, decontam: Decontaminator | None = None) -> list[dict]:
     """Rows in, rows out (same order), each with ``valid`` and ``reject_reason``."""
     require_columns("filter", rows, ["id", "instruction", "response", "error"])
     out = []
-    for r in rows:
-        reason = reject_reason(r, adapter, dedup, decontam)
+    for r, (reason, key, bands) in zip(rows, check_rows(rows, adapter, dedup, decontam), strict=True):
+        reason = reason or dedup.remember(key, bands)
         out.append({**r, "valid": reason is None, "reject_reason": reason})
     return out
 

@@ -24,22 +24,55 @@ def sentence(rng: random.Random, n: int = 18) -> str:
                                 "farmer", "twice", "number", "left", "after", "week"]) for _ in range(n))
 
 
-def test_band_keys_are_the_keys_the_library_computes():
-    """The in-order pass looks precomputed band keys up in datasketch's Bloom tables: they must be the very keys
-    ``MinHashLSHBloom`` derives, and lookups by key must answer as its own ``query`` and ``insert`` do."""
+def test_minhash_signatures_and_band_keys_are_the_librarys():
+    """The filter computes MinHash signatures for a whole table in one numpy pass and looks precomputed band
+    keys up in datasketch's Bloom tables: the signatures must be the very ones one ``MinHash`` per text gives,
+    the keys the ones ``MinHashLSHBloom`` derives, and lookups by key must answer as its ``query`` and
+    ``insert`` do."""
+    import datasketch
+
     rng = random.Random(0)
-    texts = [sentence(rng) for _ in range(60)]
+    texts = [sentence(rng, rng.randint(1, 30)) for _ in range(60)]
     texts += [t.replace("apples", "pears", 1) for t in texts[:20]]  # near copies
+    texts += ["", "One two.", "Ünïcode wörds 12 and ½ too"]  # shorter than a shingle, non-ASCII
     ours = filters.Deduper(0.8, 64, capacity=1000)
     lib = filters.Deduper(0.8, 64, capacity=1000)
-    for t in texts:
-        sig = ours.signature(t)
-        keys = ours.band_keys(sig)
-        assert keys == [table._band_hash(sig.hashvalues[a:b]) for (a, b), table in
+    norms = [filters.normalize(t) for t in texts]
+    sigs = ours.hasher.signatures([filters.shingles_of(n) for n in norms])
+    keys_all = ours.band_keys_many(norms)
+    for t, sig, keys in zip(texts, sigs, keys_all, strict=True):
+        m = datasketch.MinHash(num_perm=64, seed=1)
+        m.update_batch(filters.shingles(t))
+        assert sig.tolist() == m.hashvalues.tolist()
+        assert keys == [table._band_hash(m.hashvalues[a:b]) for (a, b), table in
                         zip(lib.near.hashranges, lib.near.hashtables, strict=True)]
-        assert filters._lsh_has(ours.near, keys) == lib.near.query(sig)
+        assert filters._lsh_has(ours.near, keys) == lib.near.query(m)
         filters._lsh_add(ours.near, keys)
-        lib.near.insert(sig)
+        lib.near.insert(m)
+
+
+def test_decontaminator_candidates_are_the_library_lsh_candidates():
+    """Eval-question candidates come from band keys of the same bands ``MinHashLSH`` picks for the threshold:
+    every question its ``query`` returns is a candidate here too."""
+    import datasketch
+
+    rng = random.Random(1)
+    questions = [sentence(rng, 20) for _ in range(80)]
+    probes = [q.replace("seven", "eight", 2) for q in questions[:30]] + [sentence(rng, 20) for _ in range(30)]
+    d = filters.Decontaminator(questions, threshold=0.5)
+    lsh = datasketch.MinHashLSH(threshold=0.5, num_perm=64)
+    for i, sh in enumerate(d.sets):
+        m = datasketch.MinHash(num_perm=64, seed=1)
+        m.update_batch(list(sh))
+        lsh.insert(i, m)
+    flags = d.contaminated_many(probes)
+    for p, flag in zip(probes, flags, strict=True):
+        sh = set(filters.shingles_of(filters.blind(filters.normalize(p))))
+        m = datasketch.MinHash(num_perm=64, seed=1)
+        m.update_batch(list(sh))
+        lib = any(len(sh & d.sets[i]) / len(sh | d.sets[i]) >= 0.5 for i in lsh.query(m))
+        assert flag == (lib or d.ngrams.hits(p))
+    assert any(flags[:30]) and not any(flags[30:])
 
 
 def test_engine_batches_fill_the_engine_across_shards():
