@@ -60,8 +60,11 @@ def _generate_block(batch, plan_args: dict, actors: list, params: dict, generato
     seq, ranges = batch["seq"][0].as_py(), json.loads(batch["ranges"][0].as_py())
     plan = {k: v for k, v in plan_args.items() if k != "count"}  # the rest are plan_range's own arguments
     planned = [r for start, stop in ranges for r in instances.plan_range(start, stop, **plan)]
-    encoded: dict[int, str] = {}  # rows of one prompt group share the prompt: encode it once
-    prompts = [encoded.setdefault(id(r["prompt"]), json.dumps(r["prompt"])) for r in planned]
+    encoded: dict[int, str] = {}  # rows with the same draw share one prompt object: encode it once
+    for r in planned:
+        if id(r["prompt"]) not in encoded:
+            encoded[id(r["prompt"])] = json.dumps(r["prompt"])
+    prompts = [encoded[id(r["prompt"])] for r in planned]
     actor = actors[seq % len(actors)]
     got = ray.get(actor.generate.remote({"id": [r["id"] for r in planned], "prompt": prompts}, params))
     gens = [dict(zip(got, values, strict=True)) for values in zip(*got.values(), strict=True)]

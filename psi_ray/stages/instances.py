@@ -38,8 +38,10 @@ def plan_range(start: int, stop: int, shard_size: int, seed: int, principles: li
                samples_per_prompt: int = 1) -> list[dict]:
     """The rows :func:`plan` gives instances ``start`` to ``stop - 1``: every instance's draw depends only on
     its own index, so shards are planned apart (in parallel tasks) exactly as the whole plan would be. A
-    prompt shared by ``samples_per_prompt`` instances is rendered once."""
+    prompt is rendered once for each distinct draw of principles and examples, and rows with the same draw
+    share that prompt object (so callers encode each distinct prompt once)."""
     rows = []
+    rendered: dict[tuple, list[dict]] = {}
     seed_by_id = {s["seed_id"]: s for s in seeds}
     seed_ids = sorted(seed_by_id)
     principle_ids = sorted(p["principle_id"] for p in principles)
@@ -52,9 +54,12 @@ def plan_range(start: int, stop: int, shard_size: int, seed: int, principles: li
             rng = random.Random(f"instance-{seed}-{group}")
             pids = sorted(rng.sample(principle_ids, min(principles_per_prompt, len(principle_ids))))
             eids = rng.sample(seed_ids, min(examples_per_prompt, len(seed_ids)))
-            shown = [adapter.format_example(seed_by_id[e]["instruction"], seed_by_id[e]["response"]) for e in eids]
-            msgs = prompts.chat("instances", task=adapter, principles=[text[p] for p in pids], examples=shown)
-            msgs = msgs + started
+            msgs = rendered.get((*pids, "|", *eids))
+            if msgs is None:
+                shown = [adapter.format_example(seed_by_id[e]["instruction"], seed_by_id[e]["response"])
+                         for e in eids]
+                msgs = prompts.chat("instances", task=adapter, principles=[text[p] for p in pids], examples=shown)
+                msgs = rendered[(*pids, "|", *eids)] = msgs + started
         rows.append({"id": f"inst-{i:07d}", "shard": i // shard_size, "principle_ids": pids, "example_ids": eids,
                      "prompt": msgs})
     return rows

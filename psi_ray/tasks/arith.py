@@ -53,20 +53,21 @@ def _tokens(expr: str) -> list[tuple[str, object]]:
             if len(digits) - digits.count(".") > MAX_DIGITS:
                 raise ArithmeticLimitError("number too long")
             value = _decimal(digits)
-            out.append(("num", value / 100 if m.group(2) else value))
+            out.append(("num", Fraction(value) / 100 if m.group(2) else value))
         else:
             op = {"x": "*", "X": "*", "×": "*", "÷": "/", "^": "**"}.get(m.group(3), m.group(3))
             out.append(("op", op))
     return out
 
 
-def _decimal(digits: str) -> Fraction:
-    """``"12.50"`` as 25/2: built from integers, several times faster than ``Fraction("12.50")``'s own parse."""
+def _decimal(digits: str) -> int | Fraction:
+    """``"12.50"`` as 25/2, ``"12"`` as the int 12: whole numbers stay ints, so a calculation of whole numbers
+    runs on Python ints (several times faster than on ``Fraction``) until a division or a decimal needs one."""
     whole, _, frac = digits.partition(".")
-    return Fraction(int(whole + frac), 10 ** len(frac)) if frac else Fraction(int(whole))
+    return Fraction(int(whole + frac), 10 ** len(frac)) if frac else int(whole)
 
 
-def _check_size(v: Fraction) -> Fraction:
+def _check_size(v: int | Fraction) -> int | Fraction:
     if v.numerator.bit_length() > MAX_BITS or v.denominator.bit_length() > MAX_BITS:
         raise ArithmeticLimitError("value too large")
     return v
@@ -74,7 +75,9 @@ def _check_size(v: Fraction) -> Fraction:
 
 class _Parser:
     """expr := term (('+'|'-') term)*; term := unary (('*'|'/') unary)*; unary := ('-'|'+') unary | power;
-    power := atom ('**' unary)?; atom := number | '(' expr ')'. Depth-limited, iterative where it can be."""
+    power := atom ('**' unary)?; atom := number | '(' expr ')'. Depth-limited, iterative where it can be.
+    Values are ints or Fractions (exact either way); the two operations that could turn ints into a float, a
+    division and a negative power, go through ``Fraction``."""
 
     def __init__(self, tokens):
         self.t, self.i, self.depth = tokens, 0, 0
@@ -107,7 +110,7 @@ class _Parser:
             rhs = self.unary()
             if op != "*" and rhs == 0:
                 raise ArithmeticCheckError("division by zero")
-            value = _check_size(value * rhs if op == "*" else value / rhs if op == "/" else Fraction(value // rhs))
+            value = _check_size(value * rhs if op == "*" else Fraction(value) / rhs if op == "/" else value // rhs)
         return value
 
     def unary(self) -> Fraction:
@@ -130,7 +133,7 @@ class _Parser:
                 raise ArithmeticLimitError("exponent out of range")
             if base == 0 and exp < 0:
                 raise ArithmeticCheckError("division by zero")
-            return _check_size(base ** int(exp))
+            return _check_size(Fraction(base) ** int(exp) if exp < 0 else base ** int(exp))
         return base
 
     def atom(self) -> Fraction:
@@ -147,10 +150,12 @@ class _Parser:
         raise ArithmeticCheckError("expected a number")
 
 
+@functools.lru_cache(maxsize=8192)
 def evaluate(expr: str) -> Fraction:
     """Exact value of ``expr`` (numbers with commas, ``$`` and ``%``; ``+ - * x × / ÷ ** ^`` and parentheses).
 
-    Raises :class:`ArithmeticCheckError` for anything else or anything past the limits.
+    Raises :class:`ArithmeticCheckError` for anything else or anything past the limits. Cached: calculations
+    recur (in a ``make run``'s 896 generated solutions, 1,529 equations had 650 distinct left sides).
     """
     tokens = _tokens(expr)
     if not tokens:
@@ -159,7 +164,7 @@ def evaluate(expr: str) -> Fraction:
     value = parser.expr()
     if parser.i != len(tokens):
         raise ArithmeticCheckError("trailing tokens")
-    return value
+    return Fraction(value)
 
 
 @functools.lru_cache(maxsize=1024)  # holds() and result_of() read each right side; results repeat (small numbers)
@@ -170,8 +175,8 @@ def parse_number(text: str) -> Fraction | None:
     except ArithmeticCheckError:
         return None
     if len(tokens) == 2 and tokens[0] == ("op", "-") and tokens[1][0] == "num":
-        return -tokens[1][1]
-    return tokens[0][1] if len(tokens) == 1 and tokens[0][0] == "num" else None
+        return -Fraction(tokens[1][1])
+    return Fraction(tokens[0][1]) if len(tokens) == 1 and tokens[0][0] == "num" else None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from the solution, runaway expressions, labels leaking between adapters, deconta
 
 import json
 import time
+from fractions import Fraction
 
 import pytest
 
@@ -70,6 +71,19 @@ def test_runaway_arithmetic_is_rejected_within_a_second(runaway):
     with pytest.raises(arith.ArithmeticLimitError):
         arith.evaluate("9**9**9**9")
     assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.parametrize(("expr", "value"), [
+    ("7/100", Fraction(7, 100)), ("2**-2", Fraction(1, 4)), ("7//2", Fraction(3)), ("5%", Fraction(1, 20)),
+    ("1,200 * 3 - 0.5", Fraction(7199, 2)), ("-(3 - 10) / 4", Fraction(7, 4)), ("10/4*2", Fraction(5)),
+])
+def test_arithmetic_is_exact_whichever_number_types_it_runs_on(expr, value):
+    """Whole numbers are computed as ints and the rest as Fractions: a division or a negative power of ints
+    must never become a float (7/100 as a float is not 7/100), and callers always get a Fraction back."""
+    for _ in range(2):  # computed, then from the cache
+        got = arith.evaluate(expr)
+        assert type(got) is Fraction and got == value
+    assert type(arith.parse_number("12")) is Fraction and arith.parse_number("-3") == -3
 
 
 def test_real_gsm8k_train_solutions_pass():
