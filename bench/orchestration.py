@@ -10,7 +10,7 @@ Parquet and its card. The job is ``method: student`` (no principle stages: their
 with D_initial the seeds alone. Each size runs in its own fresh process. Driver memory is the growth of its
 resident set over a baseline taken after imports and Ray start-up, up to the peak during the run (Linux
 ``/proc/self/clear_refs`` resets the peak at the baseline). Run: ``python bench/orchestration.py`` (or
-``--sizes 10000 100000 1000000``).
+``--sizes 10000 100000 1000000``; ``--verify K`` adds the verify stage, K re-solutions per instance).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from scale import memory_kb  # bench/scale.py: resident set now and at its peak
 
 class SyntheticEngineActor:
     """BENCHMARK TEST DOUBLE: the engine actor's interface (``ready``, ``generate``, ``close``) with no model.
-    Each answer is a GSM8K problem and worked solution made from the instance id, so every row is distinct."""
+    Each answer is a GSM8K problem and worked solution made from the instance id, so every row is distinct; a
+    verify request for instance k gets instance k's solution again, so the verifier agrees."""
 
     def __init__(self, spec: dict):
         import ray
@@ -41,7 +42,7 @@ class SyntheticEngineActor:
         ids = [str(i) for i in batch["id"]]
         texts = []
         for i in ids:
-            k = int(i.rsplit("-", 1)[-1])
+            k = int(i.rsplit("-", 1)[-1].split("#")[0])  # a verify request asks instance k's question again
             a, b, c = 2 + k % 997, 2 + k % 89, 2 + k % 7
             texts.append(f" Sam has {a} coins and finds {b} more coins on each of {c} days, box {k}. How many coins "
                          f"does Sam have now?\nAnswer: Sam finds {b} * {c} = <<{b}*{c}={b * c}>>{b * c} coins.\n"
@@ -54,17 +55,18 @@ class SyntheticEngineActor:
         return None
 
 
-def job(runs_dir: str, n: int, shard: int, batch: int):
+def job(runs_dir: str, n: int, shard: int, batch: int, verify: int = 0):
     from psi_ray.config import JobConfig
 
     return JobConfig(name="orchestration", method="student", runs_dir=runs_dir, shard_size=shard,
                      task={"adapter": "gsm8k", "seeds": "builtin:gsm8k_seeds.jsonl", "num_seeds": 8},
                      generator={"model": "smollm2-135m", "backend": "hf", "batch_size": batch},
                      expand={"variants_per_seed": 0}, instances={"count": n, "examples_per_prompt": 1},
-                     carbon={"enabled": False})
+                     carbon={"enabled": False},
+                     verify={"enabled": verify > 0, "tier": "generator", "samples": max(verify, 1)})
 
 
-def run_one(runs_dir: str, n: int, shard: int, batch: int) -> dict:
+def run_one(runs_dir: str, n: int, shard: int, batch: int, verify: int = 0) -> dict:
     """In a fresh process: the real pipeline with the synthetic engine actor; seconds, rows/s, driver memory."""
     import psi_ray.pipeline.engines as engines
     from psi_ray.pipeline.psi import run
@@ -72,7 +74,7 @@ def run_one(runs_dir: str, n: int, shard: int, batch: int) -> dict:
     from psi_ray.stages import filter as _filters  # noqa: F401  imported before the baseline
 
     engines.EngineActor = SyntheticEngineActor  # the pool starts this class instead of a model's engine
-    cfg = job(runs_dir, n, shard, batch)
+    cfg = job(runs_dir, n, shard, batch, verify)
     init_ray()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -92,22 +94,26 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--shard", type=int, default=1000, help="instances.shard_size (default 1000)")
     ap.add_argument("--batch", type=int, default=256, help="prompts a batch sent to the engine (default 256)")
+    ap.add_argument("--verify", type=int, default=0, metavar="K",
+                    help="also run the verify stage with K samples per instance (default 0: off)")
     ap.add_argument("--one", nargs=2, metavar=("RUNS_DIR", "ROWS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.shard, args.batch)))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.shard, args.batch, args.verify)))
         return
     results = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             out = subprocess.run([sys.executable, __file__, "--one", tmp, str(n), "--shard", str(args.shard),
-                                  "--batch", str(args.batch)], capture_output=True, text=True)
+                                  "--batch", str(args.batch), "--verify", str(args.verify)],
+                                 capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(out.stderr[-3000:])
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     print("\nSYNTHETIC engine (bench/orchestration.py, no model): the real pipeline, seeds to dataset, "
-          f"shards of {args.shard}, batches of {args.batch}")
+          f"shards of {args.shard}, batches of {args.batch}" +
+          (f", verify with {args.verify} samples per instance" if args.verify else ""))
     print(f"{'rows':>9} {'seconds':>8} {'rows/s':>8} {'driver growth MB':>17} {'baseline MB':>12} {'kept':>9}")
     for r in results:
         print(f"{r['rows']:>9} {r['seconds']:>8} {r['rows_per_s']:>8} {r['growth_mb']:>17} {r['baseline_mb']:>12} "

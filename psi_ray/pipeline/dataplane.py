@@ -8,6 +8,8 @@ driver only assembles, orders and writes them, so its memory stays flat however 
   seed copies, the row's MinHash band keys) run in parallel checker actors, a part at a time; only the
   in-order duplicate decision (a Bloom-filter lookup per band) stays on the driver, so the first of two
   copies is kept exactly as in a sequential pass.
+- :func:`part_windows` (stage 5b, verify): parts a window at a time, so the driver holds a bounded number of
+  rows and prompts however large the job.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import itertools
 import json
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from psi_ray.config import ModelSpec
 from psi_ray.evaluate.questions import eval_questions
@@ -49,6 +52,29 @@ def engine_batches(shards: list[int], count: int, shard_size: int, batch_size: i
     if cur:
         out.append(cur)
     return out
+
+
+VERIFY_WINDOW_ROWS = 20_000
+"""Instance rows the verify stage holds in the driver at once, with their k prompts each: enough to keep the
+engines fed (a window's prompts go out as one stream), small enough that a 1M-row job does not fill memory."""
+
+
+def part_windows(parts: dict[int, Path], max_rows: int) -> Iterator[dict[int, Path]]:
+    """Consecutive groups of ``parts`` (part number to Parquet file, in order) of at most ``max_rows`` rows each
+    (a part larger than that is a window alone); row counts come from the files' footers."""
+    import pyarrow.parquet as pq
+
+    window: dict[int, Path] = {}
+    rows = 0
+    for part, path in parts.items():
+        n = pq.ParquetFile(path).metadata.num_rows
+        if window and rows + n > max_rows:
+            yield window
+            window, rows = {}, 0
+        window[part] = path
+        rows += n
+    if window:
+        yield window
 
 
 def _generate_block(batch, plan_args: dict, actors: list, params: dict, generator: str):

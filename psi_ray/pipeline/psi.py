@@ -227,24 +227,36 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
 
 def verify_stage(r: Run, sd: StageDir, made: StageDir):
     """Re-solve each checkable instance k times with the verifier tier; write each part once all its answers
-    are back (an interrupted stage re-does only unfinished parts)."""
+    are back (an interrupted stage re-does only unfinished parts). Parts go through a window at a time
+    (:data:`dataplane.VERIFY_WINDOW_ROWS` instance rows), so the driver never holds a large job's rows."""
     vc = r.cfg.verify
     spec = r.cfg.large if vc.tier == "large" else r.cfg.generator
     done = set(sd.parts())
-    rows_of = {part: read_parquet_rows([path]) for part, path in made.parts().items() if part not in done}
     if not r.adapter.has_answer:
         print(f"[verify] task '{r.adapter.name}' has no checkable answer: rows pass through unverified")
+    todo = {part: path for part, path in made.parts().items() if part not in done}
+    t0 = time.time()
+    tally = Tally()
+    for window in dataplane.part_windows(todo, dataplane.VERIFY_WINDOW_ROWS):
+        _verify_window(r, sd, window, spec, tally)
+    flags = sd.read_column("verified")
+    return StageResult(None, {"rows": len(flags), "checked": sum(f is not None for f in flags),
+                  "verified": sum(f is True for f in flags), "disagreed": sum(f is False for f in flags),
+                  "samples": vc.samples, "tier": vc.tier, "verifier": spec.model, "generate_s": time.time() - t0,
+                  "tokens": tally.tokens(f"verify ({vc.tier})"), "nodes": tally.nodes(vc.tier)})
+
+
+def _verify_window(r: Run, sd: StageDir, window: dict[int, Path], spec: ModelSpec, tally: Tally) -> None:
+    """Verify the parts of one window: all their prompts in one stream, each part written when whole."""
+    vc = r.cfg.verify
+    rows_of = {part: read_parquet_rows([path]) for part, path in window.items()}
     plans = {part: verify.build_prompts(rows, r.adapter, vc.samples) for part, rows in rows_of.items()}
     pending: dict[int, list[dict]] = defaultdict(list)
     part_of = {p["id"]: part for part, plan in plans.items() for p in plan}
-
     for part, plan in plans.items():
         if not plan:
             sd.write_part(part, verify.parse_outputs(rows_of[part], [], r.adapter, vc.min_agreement))
-    todo = [p for plan in plans.values() for p in plan]
-    t0 = time.time()
-    tally = Tally()
-    for batch in stream(todo, spec, vc.sampling, r.engines):
+    for batch in stream([p for plan in plans.values() for p in plan], spec, vc.sampling, r.engines):
         tally.add(batch)
         for g in batch:
             part = part_of[g["id"]]
@@ -252,11 +264,6 @@ def verify_stage(r: Run, sd: StageDir, made: StageDir):
             if len(pending[part]) == len(plans[part]):
                 sd.write_part(part, verify.parse_outputs(rows_of[part], pending.pop(part), r.adapter,
                                                          vc.min_agreement))
-    flags = sd.read_column("verified")
-    return StageResult(None, {"rows": len(flags), "checked": sum(f is not None for f in flags),
-                  "verified": sum(f is True for f in flags), "disagreed": sum(f is False for f in flags),
-                  "samples": vc.samples, "tier": vc.tier, "verifier": spec.model, "generate_s": time.time() - t0,
-                  "tokens": tally.tokens(f"verify ({vc.tier})"), "nodes": tally.nodes(vc.tier)})
 
 
 def filter_stage(r: Run, sd: StageDir, made: StageDir, seed_rows):

@@ -81,6 +81,22 @@ def test_engine_batches_fill_the_engine_across_shards():
     assert dataplane.engine_batches([], 10, 4, 3) == []
 
 
+def test_verify_windows_hold_whole_parts_in_order_up_to_the_row_limit(tmp_path):
+    """The verify stage holds one window of parts in the driver at a time: consecutive parts, at most the limit
+    of rows (a larger part alone), every part exactly once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = {}
+    for part, n in enumerate([3, 4, 2, 10, 1]):
+        parts[part] = tmp_path / f"part-{part:05d}.parquet"
+        pq.write_table(pa.table({"id": [f"r{part}-{i}" for i in range(n)]}), parts[part])
+    windows = list(dataplane.part_windows(parts, 6))
+    assert [list(w) for w in windows] == [[0], [1, 2], [3], [4]]
+    assert all(w[p] == parts[p] for w in windows for p in w)
+    assert list(dataplane.part_windows({}, 6)) == []
+
+
 def test_a_shard_planned_alone_is_the_whole_plans_shard(seed_rows):
     whole = instances.plan(23, 5, 7, HIGH, seed_rows, 2, 2, GSM, samples_per_prompt=3)
     pieces = [r for a, b in [(0, 4), (4, 10), (10, 23)] for r in
