@@ -81,6 +81,10 @@ class NgramIndex:
         return normalized in self.whole or not self.grams.isdisjoint(gram_keys(normalized.split(), self.n))
 
 
+MINHASH_SCHEME = "affine32"  # what MinHasher reproduces; pinned, so a new library default cannot change it
+MERSENNE_61 = np.uint64((1 << 61) - 1)
+
+
 class MinHasher:
     """datasketch's ``MinHash`` (scheme ``affine32``: SHA-1 32-bit shingle hashes, MurmurHash3's finalizer,
     affine permutations) computed for many texts in one numpy pass: the same signatures as one ``MinHash``
@@ -107,10 +111,6 @@ class MinHasher:
         hv ^= hv >> np.uint32(16)
         starts = np.cumsum([0] + [len(sh) for sh in shingle_lists[:-1]])
         return np.minimum.reduceat(hv[:, None] * self.a + self.b, starts, axis=0)
-
-
-MINHASH_SCHEME = "affine32"  # what MinHasher reproduces; pinned, so a new library default cannot change it
-MERSENNE_61 = np.uint64((1 << 61) - 1)
 
 
 def band_key_matrix(sigs: np.ndarray, b: int, r: int) -> list[list[int]]:
