@@ -54,8 +54,8 @@ def engine_batches(shards: list[int], count: int, shard_size: int, batch_size: i
     return out
 
 
-VERIFY_WINDOW_ROWS = 20_000
-"""Instance rows the verify stage holds in the driver at once, with their k prompts each: enough to keep the
+VERIFY_WINDOW_PROMPTS = 40_000
+"""Verify prompts the driver holds at once (instance rows times k samples, with the rows): enough to keep the
 engines fed (a window's prompts go out as one stream), small enough that a 1M-row job does not fill memory."""
 
 
@@ -67,7 +67,7 @@ def part_windows(parts: dict[int, Path], max_rows: int) -> Iterator[dict[int, Pa
     window: dict[int, Path] = {}
     rows = 0
     for part, path in parts.items():
-        n = pq.ParquetFile(path).metadata.num_rows
+        n = pq.read_metadata(path).num_rows
         if window and rows + n > max_rows:
             yield window
             window, rows = {}, 0
@@ -86,7 +86,7 @@ def _generate_block(batch, plan_args: dict, actors: list, params: dict, generato
     seq, ranges = batch["seq"][0].as_py(), json.loads(batch["ranges"][0].as_py())
     plan = {k: v for k, v in plan_args.items() if k != "count"}  # the rest are plan_range's own arguments
     planned = [r for start, stop in ranges for r in instances.plan_range(start, stop, **plan)]
-    encoded: dict[int, str] = {}  # rows with the same draw share one prompt object: encode it once
+    encoded: dict[int, str] = {}  # rows with the same draw (in one plan_range) share a prompt: encode it once
     for r in planned:
         if id(r["prompt"]) not in encoded:
             encoded[id(r["prompt"])] = json.dumps(r["prompt"])

@@ -228,7 +228,8 @@ def _instances(r: Run, sd: StageDir, seed_rows, high):
 def verify_stage(r: Run, sd: StageDir, made: StageDir):
     """Re-solve each checkable instance k times with the verifier tier; write each part once all its answers
     are back (an interrupted stage re-does only unfinished parts). Parts go through a window at a time
-    (:data:`dataplane.VERIFY_WINDOW_ROWS` instance rows), so the driver never holds a large job's rows."""
+    (:data:`dataplane.VERIFY_WINDOW_PROMPTS` prompts), so the driver never holds a large job's rows.
+    ``generate_s`` spans the windows: reading parts, the engines' work, writing."""
     vc = r.cfg.verify
     spec = r.cfg.large if vc.tier == "large" else r.cfg.generator
     done = set(sd.parts())
@@ -237,8 +238,11 @@ def verify_stage(r: Run, sd: StageDir, made: StageDir):
     todo = {part: path for part, path in made.parts().items() if part not in done}
     t0 = time.time()
     tally = Tally()
-    for window in dataplane.part_windows(todo, dataplane.VERIFY_WINDOW_ROWS):
+    for window in dataplane.part_windows(todo, max(1, dataplane.VERIFY_WINDOW_PROMPTS // vc.samples)):
         _verify_window(r, sd, window, spec, tally)
+    unwritten = sorted(set(todo) - set(sd.parts()))
+    if unwritten:  # every part's answers came back or it would have been written: a lost answer is a bug
+        raise PsiRayError(f"verify: part(s) {unwritten[:5]} did not get all their answers back; re-run to retry")
     flags = sd.read_column("verified")
     return StageResult(None, {"rows": len(flags), "checked": sum(f is not None for f in flags),
                   "verified": sum(f is True for f in flags), "disagreed": sum(f is False for f in flags),

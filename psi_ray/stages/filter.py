@@ -83,6 +83,8 @@ class NgramIndex:
 
 MINHASH_SCHEME = "affine32"  # what MinHasher reproduces; pinned, so a new library default cannot change it
 MERSENNE_61 = np.uint64((1 << 61) - 1)
+SHINGLES_PER_PASS = 1 << 15
+"""Shingles hashed and permuted in one numpy pass: 32K x 64 permutations x 4 bytes is 8 MB, however many texts."""
 
 
 class MinHasher:
@@ -99,7 +101,22 @@ class MinHasher:
         self._hash = functools.lru_cache(maxsize=1 << 16)(ds.hashfunc.sha1_hash32)  # shingles recur across rows
 
     def signatures(self, shingle_lists: list[list[bytes]]) -> np.ndarray:
-        """One row of ``num_perm`` uint32 minima per list of shingles (each list non-empty)."""
+        """One row of ``num_perm`` uint32 minima per list of shingles (each list non-empty). Lists go through in
+        chunks of about :data:`SHINGLES_PER_PASS` shingles, so memory stays bounded for any number of texts."""
+        if any(not sh for sh in shingle_lists):
+            raise ValueError("every text needs at least one shingle (shingles_of gives an empty text one)")
+        out, chunk, size = [], [], 0
+        for sh in shingle_lists:
+            chunk.append(sh)
+            size += len(sh)
+            if size >= SHINGLES_PER_PASS:
+                out.append(self._pass(chunk))
+                chunk, size = [], 0
+        if chunk or not out:
+            out.append(self._pass(chunk))
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _pass(self, shingle_lists: list[list[bytes]]) -> np.ndarray:
         if not shingle_lists:
             return np.zeros((0, self.num_perm), dtype=np.uint32)
         h = self._hash
@@ -123,7 +140,9 @@ def band_key_matrix(sigs: np.ndarray, b: int, r: int) -> list[list[int]]:
 
 class Decontaminator:
     """Eval questions a generated question must not repeat: shared 13-grams, or number-blind word 3-gram
-    Jaccard at or above ``threshold`` (MinHash LSH band keys for candidates, exact Jaccard to confirm)."""
+    Jaccard at or above ``threshold`` (MinHash LSH for candidates, exact Jaccard to confirm). Candidates are the
+    questions that share a whole band of the signature, over the bands ``MinHashLSH`` picks for the threshold:
+    the candidates its ``query`` returns."""
 
     def __init__(self, questions: list[str], threshold: float, num_perm: int = 64, seed: int = 1):
         ds = require("datasketch", "decontamination", package="datasketch[bloom]")
@@ -133,11 +152,15 @@ class Decontaminator:
         self.b, self.r = lsh.b, lsh.r
         self.ngrams = NgramIndex(questions)
         self.sets = [set(shingles_of(blind(normalize(q)))) for q in questions]
-        self.buckets: list[dict[int, list[int]]] = [{} for _ in range(self.b)]
-        sigs = self.hasher.signatures([list(s) for s in self.sets])
-        for i, keys in enumerate(band_key_matrix(sigs, self.b, self.r)):
+        self.buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self.b)]
+        for i, keys in enumerate(self._bands(self.hasher.signatures([list(s) for s in self.sets]))):
             for bucket, k in zip(self.buckets, keys, strict=True):
                 bucket.setdefault(k, []).append(i)
+
+    def _bands(self, sigs: np.ndarray) -> list[list[bytes]]:
+        """Each signature's bands, as bytes: equal exactly when the bands are equal."""
+        bands = np.ascontiguousarray(sigs[:, : self.b * self.r]).view(np.dtype((np.void, sigs.itemsize * self.r)))
+        return bands.reshape(sigs.shape[0], self.b).tolist()
 
     def contaminated(self, text: str) -> bool:
         return self.contaminated_many([text])[0]
@@ -149,7 +172,7 @@ class Decontaminator:
         todo = [i for i, hit in enumerate(out) if not hit]
         sets = [set(shingles_of(blind(norms[i]))) for i in todo]
         sigs = self.hasher.signatures([list(s) for s in sets])
-        for i, sh, keys in zip(todo, sets, band_key_matrix(sigs, self.b, self.r), strict=True):
+        for i, sh, keys in zip(todo, sets, self._bands(sigs), strict=True):
             candidates = {q for bucket, k in zip(self.buckets, keys, strict=True) for q in bucket.get(k, ())}
             out[i] = any(len(sh & self.sets[q]) / len(sh | self.sets[q]) >= self.threshold for q in candidates)
         return out
@@ -246,7 +269,8 @@ def check_rows(rows: list[dict], adapter, dedup: Deduper, decontam: Decontaminat
         -> list[tuple[str | None, int, list[int]]]:
     """Every check that needs only the row itself, in the filter's order, per row: (reason or None, exact key,
     band keys). Runs in parallel on parts of a table; :meth:`Deduper.remember` then decides duplicates in row
-    order. The MinHash work of all rows still in the running is done in one pass."""
+    order. The MinHash signatures of all rows still in the running are computed together (one numpy pass for
+    decontamination, one for duplicates)."""
     out: list[tuple[str | None, int, list[int]]] = [(own_reason(r, adapter), 0, []) for r in rows]
     todo = [i for i, (reason, _, _) in enumerate(out) if reason is None]
     if decontam is not None:

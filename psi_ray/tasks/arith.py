@@ -95,7 +95,7 @@ class _Parser:
         if self.depth > MAX_DEPTH:
             raise ArithmeticLimitError("expression nested too deeply")
 
-    def expr(self) -> Fraction:
+    def expr(self) -> int | Fraction:
         value = self.term()
         while self.peek() in (("op", "+"), ("op", "-")):
             op = self.take()[1]
@@ -103,7 +103,7 @@ class _Parser:
             value = _check_size(value + rhs if op == "+" else value - rhs)
         return value
 
-    def term(self) -> Fraction:
+    def term(self) -> int | Fraction:
         value = self.unary()
         while self.peek() in (("op", "*"), ("op", "/"), ("op", "//")):
             op = self.take()[1]
@@ -113,7 +113,7 @@ class _Parser:
             value = _check_size(value * rhs if op == "*" else Fraction(value) / rhs if op == "/" else value // rhs)
         return value
 
-    def unary(self) -> Fraction:
+    def unary(self) -> int | Fraction:
         if self.peek() in (("op", "-"), ("op", "+")):
             op = self.take()[1]
             self.enter()
@@ -122,7 +122,7 @@ class _Parser:
             return -value if op == "-" else value
         return self.power()
 
-    def power(self) -> Fraction:
+    def power(self) -> int | Fraction:
         base = self.atom()
         if self.peek() == ("op", "**"):
             self.take()
@@ -136,7 +136,7 @@ class _Parser:
             return _check_size(Fraction(base) ** int(exp) if exp < 0 else base ** int(exp))
         return base
 
-    def atom(self) -> Fraction:
+    def atom(self) -> int | Fraction:
         kind, value = self.take()
         if kind == "num":
             return value

@@ -51,9 +51,23 @@ def test_minhash_signatures_and_band_keys_are_the_librarys():
         lib.near.insert(m)
 
 
+def test_signatures_in_chunks_are_the_signatures_in_one_pass(monkeypatch):
+    """Many texts go through in chunks of shingles (bounded memory): the same rows as one pass, in order; a
+    text with no shingle is refused rather than given its neighbour's minimum."""
+    rng = random.Random(2)
+    lists = [filters.shingles(sentence(rng, rng.randint(1, 25))) for _ in range(50)]
+    hasher = filters.MinHasher(64)
+    whole = hasher.signatures(lists)
+    monkeypatch.setattr(filters, "SHINGLES_PER_PASS", 7)
+    assert (hasher.signatures(lists) == whole).all() and whole.shape == (50, 64)
+    assert hasher.signatures([]).shape == (0, 64)
+    with pytest.raises(ValueError):
+        hasher.signatures([lists[0], []])
+
+
 def test_decontaminator_candidates_are_the_library_lsh_candidates():
-    """Eval-question candidates come from band keys of the same bands ``MinHashLSH`` picks for the threshold:
-    every question its ``query`` returns is a candidate here too."""
+    """Eval-question candidates are the questions sharing a whole band, over the bands ``MinHashLSH`` picks for
+    the threshold: the questions its ``query`` returns, so the verdicts are the library's."""
     import datasketch
 
     rng = random.Random(1)
