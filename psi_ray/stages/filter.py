@@ -163,11 +163,10 @@ class Decontaminator:
         return bands.reshape(sigs.shape[0], self.b).tolist()
 
     def contaminated(self, text: str) -> bool:
-        return self.contaminated_many([text])[0]
+        return self.contaminated_normalized([normalize(text)])[0]
 
-    def contaminated_many(self, texts: list[str]) -> list[bool]:
-        """For each text, whether it repeats an eval question; one vectorized MinHash pass for all of them."""
-        norms = [normalize(t) for t in texts]
+    def contaminated_normalized(self, norms: list[str]) -> list[bool]:
+        """For each normalized text, whether it repeats an eval question; one vectorized MinHash pass for all."""
         out = [self.ngrams.hits_normalized(n) for n in norms]
         todo = [i for i, hit in enumerate(out) if not hit]
         sets = [set(shingles_of(blind(norms[i]))) for i in todo]
@@ -213,12 +212,11 @@ class Deduper:
         self.seed_ngrams = NgramIndex(texts)
 
     def keys(self, text: str) -> tuple[str | None, int, list[int]]:
-        return self.keys_many([text])[0]
+        return self.keys_normalized([normalize(text)])[0]
 
-    def keys_many(self, texts: list[str]) -> list[tuple[str | None, int, list[int]]]:
-        """What needs no other generated row, per text: ``copies_seed`` or None, then the text's exact key and
-        band keys for :meth:`remember`. Safe to run on copies of this object in parallel."""
-        norms = [normalize(t) for t in texts]
+    def keys_normalized(self, norms: list[str]) -> list[tuple[str | None, int, list[int]]]:
+        """What needs no other generated row, per normalized text: ``copies_seed`` or None, then the text's exact
+        key and band keys for :meth:`remember`. Safe to run on copies of this object in parallel."""
         out = []
         for norm, bands in zip(norms, self.band_keys_many(norms), strict=True):
             key = self._key(norm)
@@ -273,12 +271,13 @@ def check_rows(rows: list[dict], adapter, dedup: Deduper, decontam: Decontaminat
     decontamination, one for duplicates)."""
     out: list[tuple[str | None, int, list[int]]] = [(own_reason(r, adapter), 0, []) for r in rows]
     todo = [i for i, (reason, _, _) in enumerate(out) if reason is None]
+    norm = {i: normalize(rows[i]["instruction"]) for i in todo}  # once, for both indexes
     if decontam is not None:
-        flags = decontam.contaminated_many([rows[i]["instruction"] for i in todo])
+        flags = decontam.contaminated_normalized([norm[i] for i in todo])
         for i in (i for i, hit in zip(todo, flags, strict=True) if hit):
             out[i] = ("contaminated", 0, [])
         todo = [i for i, hit in zip(todo, flags, strict=True) if not hit]
-    for i, keys in zip(todo, dedup.keys_many([rows[i]["instruction"] for i in todo]), strict=True):
+    for i, keys in zip(todo, dedup.keys_normalized([norm[i] for i in todo]), strict=True):
         out[i] = keys
     return out
 

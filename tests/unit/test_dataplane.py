@@ -79,7 +79,7 @@ def test_decontaminator_candidates_are_the_library_lsh_candidates():
         m = datasketch.MinHash(num_perm=64, seed=1)
         m.update_batch(list(sh))
         lsh.insert(i, m)
-    flags = d.contaminated_many(probes)
+    flags = d.contaminated_normalized([filters.normalize(p) for p in probes])
     for p, flag in zip(probes, flags, strict=True):
         sh = set(filters.shingles_of(filters.blind(filters.normalize(p))))
         m = datasketch.MinHash(num_perm=64, seed=1)
