@@ -59,8 +59,8 @@ bench: install engine-libs
 	$(BIN)/python bench/cpu_engine.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/orchestration.py
-	$(BIN)/python bench/serve_load.py
-	$(BIN)/python bench/serve_load.py --engine vllm --stream --requests 200
+	$(BIN)/python bench/serve_load.py --stream
+	$(BIN)/python bench/serve_eval.py
 	$(BIN)/python bench/loglik_agree.py
 
 lint: install

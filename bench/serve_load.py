@@ -1,14 +1,11 @@
 """Load on the served model: N completion requests at concurrency C, errors, requests/s, p50/p99 latency.
 
-Serves the built-in model with ``psi-ray``'s Ray Serve app (``--engine hf``, the own deployment, or ``vllm``,
-ray.serve.llm; or hits ``--endpoint``), sends ``--requests`` short completion requests with ``--concurrency``
-in flight, and counts every non-200 answer as an error. With ``--stream`` every request streams (SSE) and the
-time to first token (p50/p99) is measured too: the time until the first chunk with text arrives.
-Unless ``--no-compare``, the batching ratio follows: the same smaller load against Serve's batching on
-(max_batch_size = concurrency) and off (max_batch_size 1), both measured alike in this one run: each side is
-deployed fresh (the previous app deleted first, so no request reaches an old replica), gets the same warm-up
-(one full wave of ``--concurrency`` requests) and then the same measured load.
-Run: ``make bench`` or ``python bench/serve_load.py --requests 1000 --concurrency 32``.
+Serves the built-in model with ``psi-ray``'s Ray Serve app (ray.serve.llm's vLLM app; or hits ``--endpoint``),
+warms it with one full wave of ``--concurrency`` requests (not counted), sends ``--requests`` short completion
+requests with ``--concurrency`` in flight, and counts every non-200 answer, and every answer without a finish
+reason, as an error. With ``--stream`` every request streams (SSE) and the time to first token (p50/p99) is
+measured too: the time until the first chunk with text arrives.
+Run: ``make bench`` or ``python bench/serve_load.py --requests 1000 --concurrency 32 --stream``.
 """
 
 from __future__ import annotations
@@ -91,17 +88,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="model to serve (ignored with --endpoint)")
     ap.add_argument("--endpoint", default=None, help="an already running http://HOST:PORT/v1")
-    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf",
-                    help="the app served: hf (the own deployment; its batching ratio follows) or vllm "
-                    "(ray.serve.llm, streams)")
     ap.add_argument("--stream", action="store_true", help="stream every request (SSE) and measure time to first "
-                    "token (needs an engine that streams: vllm)")
+                    "token")
     ap.add_argument("--api-key-env", default=None, help="env var holding the endpoint's key")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--compare-requests", type=int, default=64, help="requests per side of the batching ratio")
-    ap.add_argument("--no-compare", action="store_true")
     args = ap.parse_args()
 
     import os
@@ -110,48 +102,18 @@ def main() -> int:
     from psi_ray.evaluate.run import free_port, served_name
 
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    port = free_port()
-    deployed: list[int] = []
-
-    def deploy(max_batch_size: int) -> tuple[str, str]:
-        """A fresh replica (the earlier app deleted first), warmed with one full wave of requests."""
-        url = args.endpoint
-        if url is None:
-            if deployed:
-                serve.stop()
-            own = {"max_batch_size": max_batch_size} if args.engine == "hf" else {"max_model_len": 1024}
-            url = serve.start(args.model, port=port, name="bench", engine=args.engine, **own)
-            deployed.append(max_batch_size)
-        name = served_name(url, api_key)
-        asyncio.run(load(url, name, args.concurrency, args.concurrency, args.max_tokens, args.stream,
-                         api_key))  # warm-up, not counted
-        return url, name
-
-    url, name = deploy(args.concurrency)
+    url = args.endpoint or serve.start(args.model, port=free_port(), name="bench", max_model_len=1024)
+    name = served_name(url, api_key)
+    asyncio.run(load(url, name, args.concurrency, args.concurrency, args.max_tokens, args.stream, api_key))  # warm-up
     main_run = asyncio.run(load(url, name, args.requests, args.concurrency, args.max_tokens, args.stream, api_key))
     print(json.dumps({"load": main_run}))
-    result = {"load": main_run}
-    if not args.no_compare and args.endpoint is None and args.engine == "hf":
-        sides = {}
-        for side, max_batch_size in (("batched", args.concurrency), ("unbatched", 1)):
-            url, name = deploy(max_batch_size)
-            sides[side] = asyncio.run(load(url, name, args.compare_requests, args.concurrency, args.max_tokens))
-            print(json.dumps({side: sides[side]}))
-        batched, single = sides["batched"], sides["unbatched"]
-        result["batching"] = {"batched_rps": batched["requests_per_s"], "unbatched_rps": single["requests_per_s"],
-                              "ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2),
-                              "errors": batched["errors"] + single["errors"]}
-        print(json.dumps({"batching": result["batching"]}))
     if args.endpoint is None:
         serve.stop()
     print(f"\n{main_run['requests']} requests at concurrency {main_run['concurrency']}: {main_run['errors']} errors, "
           f"{main_run['requests_per_s']} requests/s, p50 {main_run['p50_s']} s, p99 {main_run['p99_s']} s")
     if "ttft_p50_s" in main_run:
         print(f"time to first token: p50 {main_run['ttft_p50_s']} s, p99 {main_run['ttft_p99_s']} s (streamed)")
-    if "batching" in result:
-        b = result["batching"]
-        print(f"Serve batching: {b['batched_rps']} vs {b['unbatched_rps']} requests/s unbatched -> {b['ratio']}x")
-    return 1 if main_run["errors"] or result.get("batching", {}).get("errors") else 0
+    return 1 if main_run["errors"] else 0
 
 
 if __name__ == "__main__":

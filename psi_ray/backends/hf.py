@@ -1,5 +1,5 @@
-"""The ``hf`` backend: transformers ``generate``, batched with left padding, in-process, on the same core
-(:class:`~psi_ray.backends.hf_core.CompletionEngine`) as the own Serve deployment.
+"""The ``hf`` backend: transformers ``generate``, batched with left padding, in-process
+(:class:`~psi_ray.backends.hf_core.CompletionEngine`).
 
 Slower than vLLM on most machines but needs nothing beyond torch and transformers; also the reference the
 vLLM backend is checked against (same greedy tokens). Options: ``batch_size`` (default 16), ``threads``
@@ -17,8 +17,8 @@ from psi_ray.backends.base import Generation, Prompt, SamplingParams, flatten_n,
 from psi_ray.backends.hf_core import CompletionEngine, GenSettings
 from psi_ray.runtime import default_device
 
-# The hf backend has always sampled with transformers' default top-k of 50 (vLLM and the Serve deployment use the
-# whole vocabulary); kept so that jobs on this backend write what they wrote before the core was shared.
+# The hf backend has always sampled with transformers' default top-k of 50 (vLLM and the Serve app use the
+# whole vocabulary); kept so that jobs on this backend write what they always wrote.
 HF_TOP_K = 50
 
 

@@ -1,11 +1,8 @@
-"""The one HF generation core: transformers, batched generation and exact log-probabilities.
+"""The ``hf`` backend's generation core: transformers, batched generation with per-request settings.
 
-Both the ``hf`` backend (pipeline engines) and the own Serve deployment run on :class:`CompletionEngine`, so
-they agree on padding, end-of-sequence handling, stop strings and seeding. ``generate`` takes token-id prompts
-(callers tokenize strings and render chat messages first) and a list of per-request settings, runs one left-padded ``generate`` call per group of equal settings, and cuts each
-output at its stop strings. ``score`` runs one unpadded forward pass per sequence and returns the
-log-probability of every token given the ones before it, as ``lm_eval --model hf`` computes it, plus the top-k
-alternatives, so ``/v1/completions`` with ``echo`` and ``logprobs`` gives lm-eval the same numbers.
+``generate`` takes token-id prompts (callers tokenize strings and render chat messages first) and a list of
+per-request settings, runs one left-padded ``generate`` call per group of equal settings, and cuts each output
+at its stop strings, ending sequences and seeding them as vLLM does.
 """
 
 from __future__ import annotations
@@ -42,7 +39,6 @@ class Completion:
     token_ids: list[int]
     text: str
     finish_reason: str
-    logprobs: dict | None = field(default=None)
 
 
 class CompletionEngine:
@@ -65,8 +61,6 @@ class CompletionEngine:
         self.eos_ids = {t for t in (eos if isinstance(eos, list) else [eos]) if t is not None}
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
-        self.max_model_len = int(getattr(self.lm.config, "max_position_embeddings", 2048) or 2048)
-        self.vocab_size = int(self.lm.config.vocab_size)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -124,28 +118,6 @@ class CompletionEngine:
                 new = self.encode(text)
             results.append(Completion(new, text, finish))
         return results
-
-    def score(self, ids: list[int], top_k: int) -> dict:
-        """Log-probabilities of ``ids[1:]`` given their prefixes, in the OpenAI ``logprobs`` layout."""
-        torch = self.torch
-        tokens = [self.tokenizer.decode([t]) for t in ids]
-        token_logprobs: list[float | None] = [None]
-        top: list[dict | None] = [None]
-        if len(ids) > 1:
-            with torch.inference_mode():
-                logits = self.lm(torch.tensor([ids], device=self.device)).logits[0, :-1].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            target = torch.tensor(ids[1:], device=logp.device)
-            token_logprobs += logp.gather(1, target[:, None])[:, 0].tolist()
-            k = max(1, top_k)
-            values, indices = logp.topk(k, dim=-1)
-            for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True):
-                top.append({self.tokenizer.decode([i]): v for i, v in zip(idxs, vals, strict=True)})
-        offsets, pos = [], 0
-        for t in tokens:
-            offsets.append(pos)
-            pos += len(t)
-        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
 
 class _StopOnText:

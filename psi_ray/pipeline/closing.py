@@ -39,8 +39,8 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
         models["base"] = r.cfg.train.model
     if trained is not None:
         models["finetuned"] = str(model_dir(r.dir))
-    reports = {label: evaluate(model, ec.tasks, sd.path / SAMPLES_DIR / label, limit=ec.limit, max_gen_tokens=ec.max_gen_tokens,
-                                      concurrency=ec.concurrency, engine=ec.engine)
+    reports = {label: evaluate(model, ec.tasks, sd.path / SAMPLES_DIR / label, limit=ec.limit,
+                               max_gen_tokens=ec.max_gen_tokens, concurrency=ec.concurrency)
                for label, model in models.items()}
     rows = score_rows(reports)
     scores = table(reports)

@@ -191,8 +191,10 @@ def weights_digest(model: str) -> str | None:
 
 def eval_key(model: str, cfg: JobConfig, spec: CompareSpec) -> dict:
     """What an eval's scores depend on; saved scores are reused only when their key is this one."""
+    from psi_ray.evaluate.run import SERVED_BY
+
     return {"model": model, "weights": weights_digest(model), "tasks": list(spec.tasks), "questions": spec.questions,
-            "max_gen_tokens": cfg.eval.max_gen_tokens, "engine": cfg.eval.engine}
+            "max_gen_tokens": cfg.eval.max_gen_tokens, "engine": SERVED_BY}
 
 
 def eval_model(model: str, out: Path, cfg: JobConfig, spec: CompareSpec) -> dict:
@@ -213,7 +215,7 @@ def eval_model(model: str, out: Path, cfg: JobConfig, spec: CompareSpec) -> dict
     cc = cfg.carbon
     with carbon.measure(f"eval-{out.name}", cc.country_iso_code, str(out.parent / ".carbon"), cc.enabled) as energy:
         report = evaluate(model, list(spec.tasks), out, limit=spec.questions, max_gen_tokens=cfg.eval.max_gen_tokens,
-                          concurrency=cfg.eval.concurrency, engine=cfg.eval.engine)
+                          concurrency=cfg.eval.concurrency)
     report["energy"] = energy  # evaluate writes scores.json last, so its presence marks a finished eval
     report["key"] = key
     atomic_write_text(out / SCORES_FILE, json.dumps(report, indent=2))

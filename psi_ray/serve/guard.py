@@ -1,15 +1,16 @@
 """The thin layer psi-ray keeps in front of ``ray.serve.llm``'s OpenAI app: what the library does not do.
 
-:class:`Guard` is ASGI middleware on the library's own FastAPI app (``vllm_app.build_vllm_app``). Before a
+:class:`Guard` is ASGI middleware on the library's own FastAPI app (``app.build_app``). Before a
 request reaches the ingress it
 - requires ``Authorization: Bearer <key>`` on every route, docs and ``/openapi.json`` included, compared in
   constant time (the library's ingress has no key check); with a key set, no websocket opens (no route takes
   one today; one a later library version adds stays shut);
 - refuses a body over :data:`~psi_ray.serve.protocol.MAX_BODY_BYTES` with 413 on every route (from
   Content-Length before reading, and while reading);
-- validates completions and chat requests with the same schemas as the own deployment (invalid JSON, huge
+- validates completions and chat requests with :mod:`~psi_ray.serve.protocol`'s schemas (invalid JSON, huge
   integers, deep nesting, out-of-range seeds and temperatures, more than 4 stop strings, more than 256
-  generations, logprobs over 20), so a bad request is a 400 for its sender alone and never reaches a batch.
+  generations, logprobs over 20), so a bad request is a 400 for its sender alone and never reaches a batch;
+  a request for a model the app does not serve is an OpenAI-shaped 404.
   Streaming and ``response_format`` pass: vLLM does both.
 Errors are OpenAI-shaped JSON. The body is handed on unchanged; responses, streams included, pass through. A
 browser's CORS preflight (no key, no body) passes to the library's CORS middleware.
@@ -18,9 +19,7 @@ browser's CORS preflight (no key, no body) passes to the library's CORS middlewa
 from __future__ import annotations
 
 import json
-from typing import ClassVar
 
-from pydantic import BaseModel, Field
 from starlette.datastructures import Secret
 
 from psi_ray.serve.protocol import (
@@ -32,31 +31,7 @@ from psi_ray.serve.protocol import (
     parse,
 )
 
-
-class _AsVllmTakesIt(BaseModel):
-    """What vLLM accepts beyond the own deployment: streaming, guided decoding, null for a default."""
-
-    STREAMING: ClassVar[bool] = True
-    GUIDED: ClassVar[bool] = True
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    n: int | None = Field(1, ge=1, le=16)
-    stream: bool | None = False
-
-
-class VllmCompletionRequest(_AsVllmTakesIt, CompletionRequest):
-    """``/v1/completions`` as vLLM takes it."""
-
-    echo: bool | None = False
-
-
-class VllmChatRequest(_AsVllmTakesIt, ChatRequest):
-    """``/v1/chat/completions`` as vLLM takes it: message content may also be a list of parts, or null."""
-
-    messages: list[dict] = Field(min_length=1)
-
-
-CHECKED = {"/v1/completions": VllmCompletionRequest, "/v1/chat/completions": VllmChatRequest}
+CHECKED = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest}
 
 
 def schema_for(path: str):
@@ -64,12 +39,17 @@ def schema_for(path: str):
     return next((s for tail, s in CHECKED.items() if path.rstrip("/").endswith(tail)), None)
 
 
-def check_request(path: str, body: bytes) -> None:
-    """Raise :class:`APIError` when the body of a request to ``path`` is not one the engine should see."""
+def check_request(path: str, body: bytes, served: str | None = None) -> None:
+    """Raise :class:`APIError` when the body of a request to ``path`` is not one the engine should see; with
+    ``served``, a request naming another model is a 404 (the library answers it in FastAPI's shape, not
+    OpenAI's)."""
     schema = schema_for(path)
     if schema is None:
         return
     req = parse(body, schema)
+    if served is not None and req.model is not None and req.model != served:
+        raise APIError(404, f"model '{req.model}' is not served here; this server serves '{served}'",
+                       kind="not_found_error", param="model")
     if isinstance(req, CompletionRequest):
         req.prompts()  # prompts x n within the per-request limit
 
@@ -77,12 +57,13 @@ def check_request(path: str, body: bytes) -> None:
 class Guard:
     """ASGI middleware: key, size and request checks before ``app`` (see the module docstring).
 
-    ``api_key`` may be a starlette ``Secret`` (what ``vllm_app`` passes, so the app's middleware list never
-    shows the key in a log)."""
+    ``api_key`` may be a starlette ``Secret`` (what ``build_app`` passes, so the app's middleware list never
+    shows the key in a log). ``served``: the model id the app serves, when requests naming another get 404."""
 
-    def __init__(self, app, api_key: str | Secret | None = None):
+    def __init__(self, app, api_key: str | Secret | None = None, served: str | None = None):
         self.app = app
         self._api_key = str(api_key) if api_key else None
+        self._served = served
 
     def __repr__(self) -> str:  # never show the key
         return "Guard()"
@@ -106,7 +87,7 @@ class Guard:
             body = await read_body(receive)
             if body is None:
                 return None  # the client went away mid-body: nobody to answer
-            check_request(scope["path"], body)
+            check_request(scope["path"], body, self._served)
         except APIError as exc:
             return await send_json(send, exc.status, exc.body())
         return await self.app(scope, replay(body, receive), send)

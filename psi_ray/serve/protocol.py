@@ -1,17 +1,16 @@
-"""The OpenAI-compatible request and response shapes the Serve app speaks, and its JSON errors.
+"""The OpenAI-compatible requests the Serve app takes, the limits it sets on them, and its JSON errors.
 
-Requests are validated with pydantic; anything wrong (invalid JSON, a missing field, a wrong type, a
-``max_tokens`` past the model's context) becomes a 4xx with ``{"error": {"message", "type", "param",
-"code"}}`` as OpenAI sends it. Pure: the tests call it without Ray or a model.
+:class:`~psi_ray.serve.guard.Guard` validates each completions and chat body here before vLLM sees it; anything
+wrong (invalid JSON, a huge integer, deep nesting, a missing field, a wrong type, an out-of-range seed or
+temperature, too much work) becomes a 4xx with ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends
+it. What vLLM checks itself (a prompt past the context, token ids outside the vocabulary, roles) it answers with
+its own 400. Pure: the tests call it without Ray or a model.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import time
-import uuid
-from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -36,18 +35,18 @@ class APIError(Exception):
 
 
 class _Request(BaseModel):
+    """What completions and chat take, as vLLM takes it (null for a default), with the limits vLLM does not set."""
+
     model_config = ConfigDict(extra="ignore")
-    STREAMING: ClassVar[bool] = False  # the engine behind streams (SSE); the own deployment does not
-    GUIDED: ClassVar[bool] = False  # the engine behind does guided decoding (response_format json)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=0)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
-    stream: bool = False
+    stream: bool | None = False
     response_format: dict | None = None
 
     @field_validator("stop")
@@ -57,39 +56,13 @@ class _Request(BaseModel):
             raise ValueError(f"at most {MAX_STOP} stop strings are allowed, got {len(v)}")
         return v
 
-    @field_validator("response_format")
-    @classmethod
-    def _plain_text_only(cls, v):
-        if v is not None and v.get("type", "text") != "text" and not cls.GUIDED:
-            raise ValueError(f"response_format {v.get('type')!r} needs guided decoding, which this engine (hf) does "
-                             "not have; send {'type': 'text'}, or serve with --engine vllm")
-        return v
-
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, v):
-        if v and not cls.STREAMING:
-            raise ValueError("streaming is not supported by this server; send stream: false")
-        return v
-
-    def stops(self) -> tuple[str, ...]:
-        if not self.stop:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
-
 
 class CompletionRequest(_Request):
     """``POST /v1/completions``: ``prompt`` is a string, a list of strings, token ids, or a list of those."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
+    echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    max_tokens: int | None = Field(16, ge=0)
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _default_budget(cls, v):
-        return 16 if v is None else v  # OpenAI treats null as the default
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -110,22 +83,12 @@ class CompletionRequest(_Request):
                            param="prompt" if prompts > 1 else "n")
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
-
-
 class ChatRequest(_Request):
-    """``POST /v1/chat/completions``."""
+    """``POST /v1/chat/completions``: a message's content may be a string, a list of parts, or null (vLLM checks
+    roles and parts)."""
 
-    messages: list[Message] = Field(min_length=1)
+    messages: list[dict] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=0)
-
-    def budget(self) -> int | None:
-        """The output budget asked for: ``max_completion_tokens`` (OpenAI's current name) over ``max_tokens``."""
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 def parse(body: bytes, schema: type[BaseModel]):
@@ -161,23 +124,3 @@ def check_auth(header: str | None, api_key: str | None) -> None:
     if not hmac.compare_digest((header or "").encode(), f"Bearer {api_key}".encode()):  # no timing oracle
         raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                        kind="authentication_error")
-
-
-def check_budget(prompt_len: int, max_tokens: int, max_model_len: int, param: str = "max_tokens") -> None:
-    if prompt_len + max_tokens > max_model_len:
-        raise APIError(400, f"max_tokens ({max_tokens}) plus the prompt ({prompt_len} tokens) exceeds the "
-                            f"model's context of {max_model_len} tokens", param=param)
-
-
-def completion_response(model: str, choices: list[dict], prompt_tokens: int, kind: str = "text_completion") -> dict:
-    completion_tokens = sum(c.pop("_tokens", 0) for c in choices)
-    return {
-        "id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex[:24]}",
-        "object": kind, "created": int(time.time()), "model": model, "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    }
-
-
-def models_response(name: str) -> dict:
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "psi-ray"}]}

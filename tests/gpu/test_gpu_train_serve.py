@@ -50,8 +50,7 @@ def test_vllm_serving_through_ray_serve_llm(ray_session):
     from psi_ray.evaluate.run import free_port
     from psi_ray.models import resolve_model
 
-    url = serve.start(resolve_model("smollm2-135m"), port=free_port(), name="smol", engine="vllm",
-                      max_model_len=2048)
+    url = serve.start(resolve_model("smollm2-135m"), port=free_port(), name="smol", max_model_len=2048)
     try:
         assert [m["id"] for m in httpx.get(f"{url}/models").json()["data"]] == ["smol"]
         r = httpx.post(f"{url}/chat/completions", json={"model": "smol", "max_tokens": 8,

@@ -36,7 +36,7 @@ def test_eval_rejects_unknown_tasks_and_unreachable_endpoints():
 
 def test_serve_rejects_a_folder_that_is_not_a_model(tmp_path):
     assert_clean_error(run_cli("serve", str(tmp_path)), "no config.json")
-    assert_clean_error(run_cli("serve", "smollm2-135m", "--threads", "0"), "serve arguments", "threads")
+    assert_clean_error(run_cli("serve", "smollm2-135m", "--num-cpus", "0"), "serve arguments", "num_cpus")
     assert_clean_error(run_cli("serve", "smollm2-135m", "--host", "0.0.0.0"), "without a key", "--allow-no-key")
 
 

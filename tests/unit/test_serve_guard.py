@@ -41,7 +41,7 @@ def app_behind_guard(api_key: str | None = KEY) -> TestClient:
     app.post("/v1/completions")(answer)
     app.post("/v1/chat/completions")(answer)
     app.post("/tokenize")(answer)
-    app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None)  # as vllm_app passes it
+    app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None, served="m")  # as build_app passes it
     client = TestClient(app)
     client.seen = seen
     return client
@@ -102,6 +102,18 @@ def test_a_bad_request_is_a_400_that_never_reaches_the_engine(path, body, needle
     assert res.status_code == 400, res.text
     assert needle in res.json()["error"]["message"]
     assert client.seen == []
+
+
+def test_a_request_for_another_model_is_an_openai_shaped_404():
+    client = app_behind_guard()
+    for path, body in (("/v1/completions", {"model": "other", "prompt": "x"}),
+                       ("/v1/chat/completions", {"model": "other", "messages": [{"role": "user", "content": "x"}]})):
+        res = client.post(path, headers=AUTH, json=body)
+        assert res.status_code == 404 and res.json()["error"]["type"] == "not_found_error", res.text
+        assert res.json()["error"]["param"] == "model" and "'m'" in res.json()["error"]["message"]
+    assert client.seen == []
+    assert client.post("/v1/completions", headers=AUTH, json={"model": "m", "prompt": "x"}).status_code == 200
+    assert client.post("/v1/completions", headers=AUTH, json={"prompt": "x"}).status_code == 200  # no model: vLLM's
 
 
 @pytest.mark.parametrize("raw,needle", [

