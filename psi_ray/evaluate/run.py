@@ -16,6 +16,8 @@ from psi_ray.rundir import SCORES_FILE
 
 HERE = Path(__file__).parent
 EVAL_ROUTE = "/psi-ray-eval"  # where a model served for scoring lives on the cluster's Serve
+# The context a model is served with for scoring (or its own, if shorter): GSM8K's prompts and answers fit.
+EVAL_MAX_MODEL_LEN = 2048
 SERVED_BY = "vllm"  # what serves a model folder while it is scored (saved scores record it)
 
 
@@ -62,12 +64,14 @@ def endpoint(target: str, port: int | None = None, api_key_env: str | None = Non
         return
     from psi_ray import serve
     from psi_ray.models import resolve_model
+    from psi_ray.serve.args import model_context
 
     model_dir = resolve_model(target)
     name = Path(model_dir).name
     # Its own route, so a model the user serves at / on the same cluster is neither replaced nor in the way.
     url = serve.start(model_dir, port=port or free_port(), name=name, api_key_env=api_key_env,
-                      route_prefix=EVAL_ROUTE, request_timeout_s=REQUEST_TIMEOUT_S)
+                      route_prefix=EVAL_ROUTE, request_timeout_s=REQUEST_TIMEOUT_S,
+                      max_model_len=model_context(model_dir, EVAL_MAX_MODEL_LEN))
     try:
         yield url, model_dir
     finally:

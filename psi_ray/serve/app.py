@@ -37,12 +37,36 @@ CPU_ENGINE_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 class LocalFolderInit(CallbackBase):
     """Skips ``ray.serve.llm``'s per-node "download the model files" task when the model is a folder on the
     replica's node: for a local path that task returns the path unchanged, yet it starts a worker that imports
-    torch, transformers and vLLM (~12 s of each start on 2 cores). A model id or a remote URI keeps the task."""
+    torch, transformers and vLLM (~12 s of each start on 2 cores). Anything else (a remote URI the task copies
+    to each node, a hub id) keeps the task."""
 
     async def on_before_node_init(self) -> None:
         source = self.llm_config.model_loading_config.model_source
         if isinstance(source, str) and os.path.isdir(source):
             self.ctx.run_init_node = False
+
+
+def llm_config(args: ServeArgs, model: str, name: str):
+    """The ``ray.serve.llm`` ``LLMConfig`` serving the folder ``model`` as ``name``, for the replicas' device
+    (``args.on_gpu()``, which on a cluster is not the builder's, the head's)."""
+    from ray.serve.llm import LLMConfig
+
+    engine_kwargs = {"max_model_len": args.context(model), "dtype": args.dtype or "bfloat16"}
+    deployment = {"num_replicas": args.replicas}
+    extra = {}
+    if not args.on_gpu():  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
+        engine_kwargs.update(dtype=args.dtype or "float32", enforce_eager=True,
+                             gpu_memory_utilization=args.gpu_memory_utilization)
+        extra["placement_group_config"] = {"bundles": [{"CPU": args.num_cpus}]}
+        extra["runtime_env"] = {"env_vars": dict(CPU_ENGINE_ENV)}
+        # The replica itself only relays requests to the engine's processes: the engine's bundle is what
+        # reserves the CPUs. With the replica's default 1 CPU on top, one model took both CPUs of a 2-CPU node.
+        deployment["ray_actor_options"] = {"num_cpus": 0}
+    return LLMConfig(
+        model_loading_config={"model_id": name, "model_source": model},
+        deployment_config=deployment,
+        engine_kwargs=engine_kwargs, callback_config={"callback_class": LocalFolderInit}, **extra,
+    )
 
 
 def build_app(args: ServeArgs | dict):
@@ -57,13 +81,13 @@ def build_app(args: ServeArgs | dict):
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:
         raise PsiRayError(f"--api-key-env names {args.api_key_env}, but that environment variable is empty")
-    on_gpu = args.on_gpu()  # the replicas' device, which on a cluster is not the builder's (the head's)
+    on_gpu = args.on_gpu()
     require("vllm", "serving", package="vllm" if on_gpu else "vllm-cpu", extra="gpu" if on_gpu else "cpu")
     try:
         from ray import serve
         from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
         from ray.llm._internal.serve.core.ingress.ingress import init as library_app
-        from ray.serve.llm import LLMConfig, build_llm_deployment
+        from ray.serve.llm import build_llm_deployment
         from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
     except ImportError as exc:  # ray.serve.llm imports vLLM internals
         raise PsiRayError(f"ray.serve.llm cannot be imported here ({exc})") from None
@@ -71,22 +95,7 @@ def build_app(args: ServeArgs | dict):
 
     from psi_ray.serve.guard import Guard
 
-    engine_kwargs = {"max_model_len": args.context(model), "dtype": args.dtype or "bfloat16"}
-    deployment = {"num_replicas": args.replicas}
-    extra = {}
-    if not on_gpu:  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
-        engine_kwargs.update(dtype=args.dtype or "float32", enforce_eager=True,
-                             gpu_memory_utilization=args.gpu_memory_utilization)
-        extra["placement_group_config"] = {"bundles": [{"CPU": args.num_cpus}]}
-        extra["runtime_env"] = {"env_vars": dict(CPU_ENGINE_ENV)}
-        # The replica itself only relays requests to the engine's processes: the engine's bundle is what
-        # reserves the CPUs. With the replica's default 1 CPU on top, one model took both CPUs of a 2-CPU node.
-        deployment["ray_actor_options"] = {"num_cpus": 0}
-    config = LLMConfig(
-        model_loading_config={"model_id": name, "model_source": model},
-        deployment_config=deployment,
-        engine_kwargs=engine_kwargs, callback_config={"callback_class": LocalFolderInit}, **extra,
-    )
+    config = llm_config(args, model, name)
     app = library_app()  # the library's app: its error handling, CORS and metrics middleware
     app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None, served=name)  # added last: runs first
     options = OpenAiIngress.get_deployment_options(llm_configs=[config])

@@ -12,6 +12,24 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_MAX_MODEL_LEN = 4096
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")  # names configs use
+
+
+def model_context(model_path: str, cap: int = DEFAULT_MAX_MODEL_LEN) -> int:
+    """The context a model folder's ``config.json`` declares (or its ``text_config``'s), at most ``cap``: vLLM
+    refuses a length past the model's own. ``cap`` when the folder or the key is not there (a hub id: vLLM
+    then says what the model takes)."""
+    import json
+
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return cap
+    for section in (config, config.get("text_config") or {}):
+        own = next((section[k] for k in CONTEXT_KEYS if isinstance(section.get(k), int) and section[k] > 0), None)
+        if own:
+            return min(cap, own)
+    return cap
 
 
 class ServeArgs(BaseModel):
@@ -23,8 +41,9 @@ class ServeArgs(BaseModel):
     num_cpus: float = Field(1, gt=0, description="CPUs a CPU replica's engine reserves from Ray (vLLM's CPU engine "
                             "computes on every core of its node whatever it reserves)")
     num_gpus: float | None = Field(
-        None, ge=0, description="GPUs a replica reserves (default: 1 where the app is built with CUDA). Set it on a "
-        "cluster: Serve builds the app on the head, which may have no GPU while the replicas' workers do")
+        None, ge=0, description="whether the replicas run on GPUs (> 0; the library gives each engine worker one; "
+        "default: whether the app is built with CUDA). Set it on a cluster: Serve builds the app on the head, "
+        "which may have no GPU while the replicas' workers do")
     replicas: int = Field(1, ge=1, description="engine replicas")
     max_model_len: int | None = Field(None, ge=16, description="context length in tokens (default: the model's "
                                       f"own, at most {DEFAULT_MAX_MODEL_LEN})")
@@ -45,18 +64,8 @@ class ServeArgs(BaseModel):
         return self.num_gpus > 0 if self.num_gpus is not None else cuda_available()
 
     def context(self, model_path: str) -> int:
-        """``max_model_len``, or the model's own context (its config's ``max_position_embeddings``) capped at
-        :data:`DEFAULT_MAX_MODEL_LEN`: vLLM refuses a length past the model's own."""
-        if self.max_model_len is not None:
-            return self.max_model_len
-        import json
-
-        try:
-            config = json.loads((Path(model_path) / "config.json").read_text())
-        except (OSError, ValueError):  # not a local folder: vLLM reads the config
-            return DEFAULT_MAX_MODEL_LEN
-        own = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
-        return min(DEFAULT_MAX_MODEL_LEN, int(own)) if own else DEFAULT_MAX_MODEL_LEN
+        """``max_model_len``, or :func:`model_context` capped at :data:`DEFAULT_MAX_MODEL_LEN`."""
+        return self.max_model_len if self.max_model_len is not None else model_context(model_path)
 
     def served_name(self, model_path: str) -> str:
         """The id clients send: ``name``, or the resolved model folder's name."""

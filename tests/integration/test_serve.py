@@ -53,7 +53,7 @@ def test_every_route_needs_the_key(vllm_app):
 
 
 def test_poison_requests_fail_alone(vllm_app):
-    """Bad requests sent together with 6 normal ones: each bad one gets its 400 from the guard, the normal ones
+    """Bad requests sent together with 7 normal ones: each bad one gets its 400 from the guard, the normal ones
     their 200; a vanishing temperature is greedy in vLLM."""
     from concurrent.futures import ThreadPoolExecutor
 

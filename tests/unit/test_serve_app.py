@@ -1,0 +1,71 @@
+"""The Serve app's ``ray.serve.llm`` config on CPU and GPU, the callback that skips the per-node download of a
+local folder, and the context a model is served with. No Ray, no engine: the config is what the library gets."""
+
+import asyncio
+import json
+
+import pytest
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A model folder holding only ``config.json``."""
+    made = iter(range(100))
+
+    def make(config: dict) -> str:
+        path = tmp_path / f"m{next(made)}"
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+        return str(path)
+
+    return make
+
+
+def test_the_context_is_the_models_own_at_most_the_cap(folder, tmp_path):
+    from psi_ray.serve.args import DEFAULT_MAX_MODEL_LEN, ServeArgs, model_context
+
+    assert model_context(folder({"max_position_embeddings": 512})) == 512
+    assert model_context(folder({"max_position_embeddings": 8192})) == DEFAULT_MAX_MODEL_LEN
+    assert model_context(folder({"max_position_embeddings": 8192}), cap=2048) == 2048
+    assert model_context(folder({"n_positions": 1024})) == 1024  # GPT-2's name for it
+    assert model_context(folder({"text_config": {"max_position_embeddings": 300}})) == 300
+    assert model_context(folder({"text_config": None})) == DEFAULT_MAX_MODEL_LEN
+    assert model_context(str(tmp_path / "missing")) == model_context("org/model") == DEFAULT_MAX_MODEL_LEN
+    assert ServeArgs(model="m", max_model_len=100).context(folder({"max_position_embeddings": 512})) == 100
+
+
+def test_only_a_local_folder_skips_the_per_node_download(tmp_path):
+    from types import SimpleNamespace
+
+    from psi_ray.serve.app import LocalFolderInit
+
+    def runs_init(source: str) -> bool:
+        callback = LocalFolderInit(llm_config=SimpleNamespace(model_loading_config=SimpleNamespace(
+            model_source=source)))
+        asyncio.run(callback.on_before_node_init())
+        return callback.ctx.run_init_node
+
+    assert runs_init(str(tmp_path)) is False
+    assert runs_init("s3://bucket/model") and runs_init("org/model") and runs_init(str(tmp_path / "gone"))
+
+
+def test_the_engine_config_on_cpu_and_on_gpu(tiny_model, monkeypatch):
+    """On CPU: float32, every core (no core kept for vLLM's scheduler), the engine's bundle reserves
+    ``num_cpus`` and the replica none, the local-folder callback, the model's own context (512 here). On GPU
+    the library's defaults stay."""
+    import psi_ray.runtime
+    from psi_ray.serve.app import CPU_ENGINE_ENV, LocalFolderInit, llm_config
+    from psi_ray.serve.args import ServeArgs
+
+    monkeypatch.setattr(psi_ray.runtime, "cuda_available", lambda: False)
+    model = str(tiny_model)
+    cpu = llm_config(ServeArgs(model=model, num_cpus=0.5), model, "m")
+    assert cpu.engine_kwargs["max_model_len"] == 512 and cpu.engine_kwargs["dtype"] == "float32"
+    assert cpu.engine_kwargs["enforce_eager"] is True
+    assert cpu.placement_group_config["bundles"] == [{"CPU": 0.5}]
+    assert cpu.runtime_env["env_vars"] == CPU_ENGINE_ENV == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert cpu.deployment_config["ray_actor_options"] == {"num_cpus": 0}
+    assert cpu.callback_config.callback_class is LocalFolderInit
+    gpu = llm_config(ServeArgs(model=model, num_gpus=1, max_model_len=256), model, "m")
+    assert gpu.engine_kwargs == {"max_model_len": 256, "dtype": "bfloat16"}
+    assert not (gpu.runtime_env or {}).get("env_vars") and "ray_actor_options" not in gpu.deployment_config
