@@ -109,6 +109,20 @@ def test_the_openai_surface(vllm_app):
     assert 0 < capped["usage"]["completion_tokens"] <= 4
 
 
+def test_response_format_is_guided_decoding(vllm_app):
+    """A JSON schema in ``response_format`` constrains the answer on both endpoints (vLLM's guided decoding)."""
+    schema = {"type": "object", "properties": {"yes": {"type": "boolean"}}, "required": ["yes"],
+              "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    text = post(vllm_app, "/completions", {"prompt": "Is the sky blue? Answer in JSON:", "max_tokens": 24,
+                                           "temperature": 0, "response_format": fmt}).json()["choices"][0]["text"]
+    question = [{"role": "user", "content": "Is the sky blue? Answer in JSON."}]
+    chat = post(vllm_app, "/chat/completions", {"messages": question, "max_tokens": 24, "temperature": 0,
+                                                "response_format": fmt}).json()
+    for answer in (text, chat["choices"][0]["message"]["content"]):
+        assert set(json.loads(answer)) == {"yes"} and isinstance(json.loads(answer)["yes"], bool), answer
+
+
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(vllm_app):
     """The guard's own checks and vLLM's (a prompt past the context, a token id outside the vocabulary, a model
     not served) each answer an OpenAI-shaped 4xx; then a good request is served."""
