@@ -149,6 +149,7 @@ DATASET_CARD = "_README.md"  # beside it (rename to README.md to publish the fol
 TRAIN_STATE = "_ray"  # in a training output folder: Ray Train's checkpoints and run snapshot
 TRAIN_CLAIM = "_training.json"  # beside it: what that folder trains (dataset digest, model, settings)
 MODEL_DIR = "model"  # in the run directory: the exported HF model of the train stage
+ADAPTER_DIR = "adapter"  # in a LoRA-trained model folder: the PEFT adapter it was merged from
 SAMPLES_DIR = "_samples"  # in the eval stage's folder: lm-eval's outputs per model
 SCORES_FILE = "scores.json"  # what ``evaluate`` writes in its output folder
 STAGE_SCORES = "_scores.json"  # in the eval stage's folder: base vs fine-tuned

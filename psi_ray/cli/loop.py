@@ -6,6 +6,8 @@ import signal
 import threading
 from pathlib import Path
 
+from psi_ray.errors import PsiRayError
+
 
 def cmd_train(args) -> int:
     """Fine-tune a target model M_t on a psi-ray dataset with Ray Train; re-running the same command resumes
@@ -34,13 +36,14 @@ def cmd_train(args) -> int:
 
 def cmd_serve(args) -> int:
     """Serve a model folder (or built-in model) as an OpenAI-compatible API with Ray Serve: /v1/models,
-    /v1/completions (string or token-id prompts, echo, logprobs, stop) and /v1/chat/completions. Blocks until
-    Ctrl-C."""
+    /v1/completions (string or token-id prompts, echo, logprobs, stop) and /v1/chat/completions, with LoRA
+    adapters (--adapter) beside the model in its one engine. Blocks until Ctrl-C."""
     from psi_ray import serve
 
     url = serve.start(args.model, host=args.host, port=args.port, name=args.name, api_key_env=args.api_key_env,
                       num_cpus=args.num_cpus, max_model_len=args.max_model_len, allow_no_key=args.allow_no_key,
-                      request_timeout_s=args.request_timeout, route_prefix=args.route_prefix)
+                      request_timeout_s=args.request_timeout, route_prefix=args.route_prefix,
+                      adapters=parse_adapters(args.adapter))
     print(f"serving {args.model} at {url} (Ctrl-C to stop)", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -52,6 +55,20 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def parse_adapters(values: list[str] | None) -> dict[str, str]:
+    """``--adapter NAME=DIR`` values as {model id: adapter folder}; a value without ``=`` or a repeated NAME is
+    an error naming it."""
+    adapters: dict[str, str] = {}
+    for value in values or []:
+        name, eq, folder = value.partition("=")
+        if not (eq and name.strip() and folder.strip()):
+            raise PsiRayError(f"--adapter takes NAME=DIR (a model id and a PEFT adapter folder), got {value!r}")
+        if name.strip() in adapters:
+            raise PsiRayError(f"--adapter {name.strip()} is given twice")
+        adapters[name.strip()] = folder.strip()
+    return adapters
+
+
 def cmd_eval(args) -> int:
     """Score an endpoint (http://HOST:PORT/v1) or a model folder (served for the run) with lm-eval on tasks
     shipped in the package; prints the scores and writes OUT/scores.json plus per-question samples."""
@@ -60,7 +77,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / "eval" / _slug(args.target)
     report = evaluate(args.target, args.tasks, out, limit=args.limit, tokenizer=args.tokenizer,
                       api_key_env=args.api_key_env, max_gen_tokens=args.max_gen_tokens,
-                      concurrency=args.concurrency, allow_insecure_key=args.allow_insecure_key)
+                      concurrency=args.concurrency, allow_insecure_key=args.allow_insecure_key, model=args.model)
     print(f"\n{'task':<8} {'metric':<30} value")
     for task, metrics in report["tasks"].items():
         for metric, value in metrics.items():
@@ -131,6 +148,9 @@ def register(sub) -> None:
                    help="serve under http://HOST:PORT/PATH/v1 (default /), so several models share one cluster")
     p.add_argument("--request-timeout", type=float, default=600, metavar="S",
                    help="a request still unanswered after S seconds gets 408 (default 600)")
+    p.add_argument("--adapter", action="append", metavar="NAME=DIR",
+                   help="serve the PEFT LoRA adapter in DIR as model NAME from the same engine (repeatable; "
+                   "psi-ray train --lora keeps its adapter in MODEL/adapter)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="score an endpoint or model with lm-eval", description=cmd_eval.__doc__)
@@ -139,6 +159,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N questions per task (default: all)")
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<name>)")
     p.add_argument("--tokenizer", default=None, help="the endpoint model's tokenizer folder (log-likelihood tasks)")
+    p.add_argument("--model", default=None, metavar="ID", help="the served model id to score, e.g. an adapter "
+                   "served with --adapter (default: the first the endpoint lists)")
     p.add_argument("--api-key-env", default=None, metavar="VAR", help="env var holding the endpoint's API key")
     p.add_argument("--allow-insecure-key", action="store_true",
                    help="send the key over plain http to a non-loopback endpoint (refused otherwise)")

@@ -57,8 +57,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def endpoint(target: str, port: int | None = None, api_key_env: str | None = None):
-    """Yield ``(base_url, tokenizer_path or None)``: a URL as given, or a model folder served for the duration."""
+def endpoint(target: str, port: int | None = None, api_key_env: str | None = None, name: str | None = None,
+             adapters: dict[str, str] | None = None):
+    """Yield ``(base_url, tokenizer_path or None)``: a URL as given, or a model folder served for the duration
+    (as ``name``, default its folder's name, with ``adapters`` {id: LoRA folder} beside it in its engine)."""
     if target.startswith(("http://", "https://")):
         yield target.rstrip("/").removesuffix("/v1") + "/v1", None
         return
@@ -67,33 +69,37 @@ def endpoint(target: str, port: int | None = None, api_key_env: str | None = Non
     from psi_ray.serve.args import model_context
 
     model_dir = resolve_model(target)
-    name = Path(model_dir).name
+    name = name or Path(model_dir).name
     # Its own route, so a model the user serves at / on the same cluster is neither replaced nor in the way.
     url = serve.start(model_dir, port=port or free_port(), name=name, api_key_env=api_key_env,
                       route_prefix=EVAL_ROUTE, request_timeout_s=REQUEST_TIMEOUT_S,
-                      max_model_len=model_context(model_dir, EVAL_MAX_MODEL_LEN))
+                      max_model_len=model_context(model_dir, EVAL_MAX_MODEL_LEN), adapters=adapters)
     try:
         yield url, model_dir
     finally:
         serve.stop(name)
 
 
-def served_name(base_url: str, api_key: str | None) -> str:
-    """The model id the endpoint serves (lm-eval sends it with every request)."""
+def served_name(base_url: str, api_key: str | None, wanted: str | None = None) -> str:
+    """The model id to score (lm-eval sends it with every request): ``wanted`` if the endpoint serves it, else
+    the first it lists."""
     from psi_ray.backends.openai import served_models
 
     served = served_models(base_url, api_key, timeout=30)
     if not served:
         raise PsiRayError(f"{base_url}/models lists no model")
-    return served[0]
+    if wanted is not None and wanted not in served:
+        raise PsiRayError(f"{base_url} does not serve '{wanted}'; it serves {', '.join(served)}")
+    return wanted or served[0]
 
 
 def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | None = None,
              tokenizer: str | None = None, api_key_env: str | None = None, max_gen_tokens: int = 256,
-             concurrency: int = 64, allow_insecure_key: bool = False) -> dict:
+             concurrency: int = 64, allow_insecure_key: bool = False, model: str | None = None) -> dict:
     """Score ``target`` (endpoint URL or model) on ``tasks``; write lm-eval's outputs and ``scores.json``.
 
-    A model folder is served for the duration (:mod:`psi_ray.serve`: ray.serve.llm's vLLM app).
+    A model folder is served for the duration (:mod:`psi_ray.serve`: ray.serve.llm's vLLM app). ``model``: the
+    served id to score (an endpoint may serve adapters beside its model); default the first it lists.
 
     A key from ``$api_key_env`` is refused for plain http to another host unless ``allow_insecure_key``."""
     require("lm_eval", "evaluation", package="lm-eval[api]")
@@ -101,27 +107,47 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
     api_key = os.environ.get(api_key_env, "") if api_key_env else ""
     if target.startswith(("http://", "https://")):
         check_key_transport(target, api_key, api_key_env, allow_insecure_key, "--allow-insecure-key")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     needs_tokens = [t for t in tasks if TASKS[t].kind == "loglikelihood"]
     if needs_tokens and not tokenizer and target.startswith(("http://", "https://")):
         raise PsiRayError(f"task(s) {', '.join(needs_tokens)} score log-likelihoods of token ids: pass --tokenizer "
                           "MODEL_DIR (the served model's tokenizer)")
     with endpoint(target, api_key_env=api_key_env) as (base_url, served_tokenizer):
-        tokenizer = tokenizer or served_tokenizer
-        name = served_name(base_url, api_key)
-        scores, samples = {}, {}
-        with tempfile.TemporaryDirectory() as tmp:
-            include = write_task_dir(Path(tmp))
-            for task in tasks:
-                spec = TASKS[task]
-                result = _run_lm_eval(spec, base_url, name, tokenizer, include, limit, max_gen_tokens,
-                                      concurrency, api_key)
-                scores[task] = {k: float(v) for k, v in result["results"][spec.lm_eval_name].items()
-                                if "," in k and "_stderr" not in k}
-                samples[task] = result.get("samples", {}).get(spec.lm_eval_name, [])
-                _write_samples(out_dir / f"samples_{task}.jsonl", samples[task])
-    report = {"model": target, "served_name": name, "endpoint": base_url, "limit": limit, "tasks": scores,
+        return score(base_url, served_name(base_url, api_key, model), tasks, out_dir, target, tokenizer or served_tokenizer,
+                     limit, max_gen_tokens, concurrency, api_key)
+
+
+def evaluate_with_adapter(base: str, adapter: str, tasks: list[str], out_dirs: dict[str, Path],
+                          records: dict[str, str], limit: int | None = None, max_gen_tokens: int = 256,
+                          concurrency: int = 64) -> dict[str, dict]:
+    """Score a base model (label ``"base"``) and its LoRA ``adapter`` (label ``"finetuned"``) from one served
+    engine (vLLM multi-LoRA): one engine start instead of two, and the same base weights in memory once.
+    ``out_dirs``: the labels to score, each with its output folder; ``records``: what each report names as its
+    model (the fine-tuned one: the merged folder the adapter was exported with)."""
+    require("lm_eval", "evaluation", package="lm-eval[api]")
+    tasks = parse_tasks(tasks)
+    with endpoint(base, name="base", adapters={"finetuned": adapter}) as (base_url, tokenizer):
+        return {label: score(base_url, label, tasks, out, records[label], tokenizer, limit, max_gen_tokens,
+                             concurrency) for label, out in out_dirs.items()}
+
+
+def score(base_url: str, name: str, tasks: list[str], out_dir: str | Path, model: str, tokenizer: str | None,
+          limit: int | None, max_gen_tokens: int, concurrency: int, api_key: str = "") -> dict:
+    """lm-eval on the model served as ``name`` at ``base_url``; write its samples and ``scores.json`` (naming
+    ``model``) in ``out_dir`` and return that report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scores, samples = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        include = write_task_dir(Path(tmp))
+        for task in tasks:
+            spec = TASKS[task]
+            result = _run_lm_eval(spec, base_url, name, tokenizer, include, limit, max_gen_tokens,
+                                  concurrency, api_key)
+            scores[task] = {k: float(v) for k, v in result["results"][spec.lm_eval_name].items()
+                            if "," in k and "_stderr" not in k}
+            samples[task] = result.get("samples", {}).get(spec.lm_eval_name, [])
+            _write_samples(out_dir / f"samples_{task}.jsonl", samples[task])
+    report = {"model": model, "served_name": name, "endpoint": base_url, "limit": limit, "tasks": scores,
               "main_metric": {t: TASKS[t].main_metric for t in tasks}}
     (out_dir / SCORES_FILE).write_text(json.dumps(report, indent=2))
     return report

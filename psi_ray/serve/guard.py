@@ -19,6 +19,7 @@ browser's CORS preflight (no key, no body) passes to the library's CORS middlewa
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 
 from starlette.datastructures import Secret
 
@@ -39,17 +40,18 @@ def schema_for(path: str):
     return next((s for tail, s in CHECKED.items() if path.rstrip("/").endswith(tail)), None)
 
 
-def check_request(path: str, body: bytes, served: str | None = None) -> None:
+def check_request(path: str, body: bytes, served: str | Collection[str] | None = None) -> None:
     """Raise :class:`APIError` when the body of a request to ``path`` is not one the engine should see; with
-    ``served``, a request naming another model is a 404 (the library answers it in FastAPI's shape, not
-    OpenAI's)."""
+    ``served`` (a model id, or the ids of a model and its adapters), a request naming another model is a 404
+    (the library answers it in FastAPI's shape, not OpenAI's)."""
     schema = schema_for(path)
     if schema is None:
         return
     req = parse(body, schema)
-    if served is not None and req.model is not None and req.model != served:
-        raise APIError(404, f"model '{req.model}' is not served here; this server serves '{served}'",
-                       kind="not_found_error", param="model")
+    ids = (served,) if isinstance(served, str) else tuple(served or ())
+    if ids and req.model is not None and req.model not in ids:
+        raise APIError(404, f"model '{req.model}' is not served here; this server serves "
+                       + ", ".join(f"'{i}'" for i in ids), kind="not_found_error", param="model")
     if isinstance(req, CompletionRequest):
         req.prompts()  # prompts x n within the per-request limit
 
@@ -58,9 +60,9 @@ class Guard:
     """ASGI middleware: key, size and request checks before ``app`` (see the module docstring).
 
     ``api_key`` may be a starlette ``Secret`` (what ``build_app`` passes, so the app's middleware list never
-    shows the key in a log). ``served``: the model id the app serves, when requests naming another get 404."""
+    shows the key in a log). ``served``: the model id(s) the app serves, when requests naming another get 404."""
 
-    def __init__(self, app, api_key: str | Secret | None = None, served: str | None = None):
+    def __init__(self, app, api_key: str | Secret | None = None, served: str | Collection[str] | None = None):
         self.app = app
         self._api_key = str(api_key) if api_key else None
         self._served = served

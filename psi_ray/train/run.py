@@ -19,7 +19,7 @@ from pathlib import Path
 
 from psi_ray.config import TrainSpec
 from psi_ray.errors import PsiRayError, last_line, require
-from psi_ray.rundir import MODEL_DIR, TRAIN_CLAIM, TRAIN_STATE, atomic_write_text, dataset_file
+from psi_ray.rundir import ADAPTER_DIR, MODEL_DIR, TRAIN_CLAIM, TRAIN_STATE, atomic_write_text, dataset_file
 from psi_ray.runtime import cuda_available
 from psi_ray.train.loop import MODEL, STATE, LoopConfig
 
@@ -179,7 +179,9 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def export(checkpoint_model: Path, base_path: str, target: Path, lora: bool) -> Path:
-    """Write the trained model as a plain HF folder at ``target`` (LoRA adapters merged into the base)."""
+    """Write the trained model as a plain HF folder at ``target``. LoRA adapters are merged into the base, and
+    the adapter itself is kept in ``target/adapter`` (:data:`~psi_ray.rundir.ADAPTER_DIR`): the eval stage
+    serves it beside the base from one engine."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -191,6 +193,9 @@ def export(checkpoint_model: Path, base_path: str, target: Path, lora: bool) -> 
 
             base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
             model = PeftModel.from_pretrained(base, str(checkpoint_model)).merge_and_unload()
+            (tmp / ADAPTER_DIR).mkdir()
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copy2(checkpoint_model / name, tmp / ADAPTER_DIR / name)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(checkpoint_model), dtype=torch.float32)
         model.save_pretrained(tmp, safe_serialization=True)

@@ -1,7 +1,7 @@
 """Stages 8 and 9 through the product's own path, on a dataset stage written here (so no weak generator can
-leave it empty): the run's train stage (``closing.train_stage``, Ray Train) fine-tunes the tiny model into the
-run's ``model/``; the eval stage (``closing.eval_stage`` → ``evaluate``) serves base and fine-tuned in turn with
-Ray Serve, scores them with lm-eval on GSM8K test (generation, chat endpoint) and MMLU test (log-likelihood,
+leave it empty): the run's train stage (``closing.train_stage``, Ray Train) fine-tunes LoRA adapters of the tiny
+model, merged into the run's ``model/`` and kept in ``model/adapter``; the eval stage (``closing.eval_stage`` →
+``evaluate_with_adapter``) serves base and adapter from one vLLM engine with Ray Serve, scores them with lm-eval on GSM8K test (generation, chat endpoint) and MMLU test (log-likelihood,
 completions with echo + logprobs), writes ``09_eval/_scores.json``, and the report reads that file. Each score
 is counted back from the per-question samples the stage wrote; both stage folders open with pandas."""
 
@@ -39,7 +39,7 @@ def eval_run(ray_session, tiny_model, chat_dataset, tmp_path_factory):
 
     cfg = JobConfig(runs_dir=str(tmp_path_factory.mktemp("runs")),
                     train={"enabled": True, "model": str(tiny_model), "num_workers": 1, "batch_size": 2,
-                           "max_steps": STEPS, "max_seq_len": 64},
+                           "max_steps": STEPS, "max_seq_len": 64, "lora": True, "lora_rank": 4, "lr": 1e-2},
                     eval={"enabled": True, "tasks": ["gsm8k", "mmlu"], "limit": LIMIT, "max_gen_tokens": 16,
                           "concurrency": 4}, carbon={"enabled": False})
     r = Run(cfg)
@@ -80,6 +80,19 @@ def test_scores_json_is_where_the_report_reads_it(eval_run):
     md = write_report(run_dir)["markdown"].read_text()
     assert "## Evaluation scores" in md and f"the first {LIMIT} questions" in md and "mmlu acc" in md
     assert "95% interval (paired bootstrap)" in md and "McNemar p" in md
+
+
+def test_a_lora_model_is_scored_as_its_adapter_beside_the_base(eval_run):
+    """The adapter the train stage kept was served beside the base from one engine (ids ``base`` and
+    ``finetuned``), and its log-likelihoods are not the base's: the engine applied it."""
+    run_dir, sd = eval_run
+    assert json.loads((run_dir / "model" / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    reports = {m: json.loads((sd.path / "_samples" / m / "scores.json").read_text()) for m in ("base", "finetuned")}
+    assert {m: r["served_name"] for m, r in reports.items()} == {"base": "base", "finetuned": "finetuned"}
+    assert reports["base"]["endpoint"] == reports["finetuned"]["endpoint"]
+    loglik = {m: [float(r[0]) for s in lines(sd.path / "_samples" / m / "samples_mmlu.jsonl")
+                  for r in s["filtered_resps"]] for m in reports}
+    assert len(loglik["base"]) == 4 * LIMIT and max(map(abs, map(float.__sub__, *loglik.values()))) > 1e-4
 
 
 def test_the_difference_is_paired_over_the_same_questions(eval_run):

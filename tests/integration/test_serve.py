@@ -2,7 +2,7 @@
 a key on every route, bad and poison requests refused alone with OpenAI-shaped 4xx while the server keeps
 serving, streaming through the ``openai`` client, token-id prompts with echo and logprobs, MMLU log-likelihoods
 that pick lm-eval hf's answers, psi-ray's ``openai`` backend generating through it, and a second model beside
-the first on the same Serve. One app serves every test: each vLLM start costs about a minute here.
+the first on the same Serve, with a LoRA adapter served from its engine. One app serves every test: each vLLM start costs about a minute here.
 
 On a 2-CPU node the ingress and the LLM replica ask for no CPU and the engine's bundle for one (see
 ``psi_ray/serve/app.py``), so two models fit; before, one model's placement group took both CPUs.
@@ -207,9 +207,39 @@ def test_openai_backend_generates_through_the_app(vllm_app):
         assert g.finish_reason in ("stop", "length")
 
 
-def test_a_second_model_shares_the_cluster_and_stops_alone(vllm_app):
+@pytest.fixture(scope="module")
+def lora_adapter(tmp_path_factory):
+    """A PEFT LoRA adapter of the built-in model (rank 8, B not zero, so it changes the model), and the
+    log-probabilities the merged model gives the tokens of ``PROBE`` in transformers, float32."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from psi_ray.models import resolve_model
+
+    model_dir, folder = resolve_model("smollm2-135m"), tmp_path_factory.mktemp("lora") / "adapter"
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.02)
+    model.save_pretrained(folder)
+    ids = AutoTokenizer.from_pretrained(model_dir)(PROBE, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model.merge_and_unload()(ids).logits[0]
+    merged = torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None])[:, 0].tolist()
+    return str(folder), merged
+
+
+PROBE = "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer: 7"
+
+
+def test_a_second_model_shares_the_cluster_and_stops_alone(vllm_app, lora_adapter):
     """A second model on the same Serve is its own application at its own route: the first keeps serving, the
-    same route or the same model id again is refused, and stopping the second leaves the first running."""
+    same route or the same model id again is refused, and stopping the second leaves the first running. The
+    second serves a LoRA adapter beside its base from its one engine: the adapter's log-probabilities are the
+    merged model's in transformers (within 1e-3), not the base's."""
     from urllib.parse import urlparse
 
     from ray import serve as ray_serve
@@ -221,15 +251,23 @@ def test_a_second_model_shares_the_cluster_and_stops_alone(vllm_app):
 
     model, port = resolve_model("smollm2-135m"), urlparse(vllm_app).port
     other_port = free_port()  # Serve already listens on `port`: the second model is served there, and says so
+    adapter, merged = lora_adapter
     second = serve.start(model, port=other_port, name="smol-b", api_key_env=KEY_ENV, route_prefix="/second",
-                         max_model_len=512, gpu_memory_utilization=0.1, timeout_s=400)
+                         max_model_len=512, gpu_memory_utilization=0.1, timeout_s=400, adapters={"smol-b-ft": adapter})
     try:
         assert other_port != port and second == f"http://127.0.0.1:{port}/second/v1"
-        for base, name in ((vllm_app, SERVED_NAME), (second, "smol-b")):
+        for base, names in ((vllm_app, [SERVED_NAME]), (second, ["smol-b", "smol-b-ft"])):
             models = httpx.get(f"{base}/models", headers=AUTH, timeout=30).json()
-            assert [m["id"] for m in models["data"]] == [name]
-            r = post(base, "/completions", {"model": name, "prompt": "1, 2,", "max_tokens": 2, "temperature": 0})
-            assert r.status_code == 200 and r.json()["model"] == name
+            assert [m["id"] for m in models["data"]] == names
+            for name in names:
+                r = post(base, "/completions", {"model": name, "prompt": "1, 2,", "max_tokens": 2, "temperature": 0})
+                assert r.status_code == 200 and r.json()["model"] == name
+        served = {name: post(second, "/completions", {"model": name, "prompt": PROBE, "max_tokens": 1, "echo": True,
+                                                      "logprobs": 0, "temperature": 0}).json()
+                  for name in ("smol-b", "smol-b-ft")}
+        base_lp, lora_lp = (served[n]["choices"][0]["logprobs"]["token_logprobs"][1:len(merged) + 1] for n in served)
+        assert max(abs(a - b) for a, b in zip(lora_lp, merged, strict=True)) <= 1e-3, (lora_lp, merged)
+        assert max(abs(a - b) for a, b in zip(base_lp, merged, strict=True)) > 0.05  # the adapter changes the model
         taken = r'^could not start the Serve app: Prefix / is being used by application "psi-ray-smol".*route-prefix$'
         with pytest.raises(PsiRayError, match=taken):
             serve.start(model, port=port, name="other", timeout_s=60)

@@ -133,7 +133,10 @@ def ddp_lora_full(ray_session, tiny_model, chat_dataset, tmp_path_factory):
     return spec, train(chat_dataset, tmp_path_factory.mktemp("ddp-full"), spec, seed=0)
 
 
-def test_lora_is_merged_into_a_plain_model(ddp_lora_full, tiny_model):
+def test_lora_is_merged_into_a_plain_model_and_kept_as_an_adapter(ddp_lora_full, tiny_model):
+    """The model folder is a plain model (the adapter merged); ``adapter/`` inside it holds the PEFT adapter the
+    eval stage serves beside the base, and merging that adapter again gives the same weights."""
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     _, result = ddp_lora_full
@@ -142,6 +145,9 @@ def test_lora_is_merged_into_a_plain_model(ddp_lora_full, tiny_model):
     merged = weights(result.model_dir)
     assert not any("lora" in k for k in merged) and changed(merged, weights(tiny_model))
     AutoModelForCausalLM.from_pretrained(result.model_dir)
+    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                      str(result.model_dir / "adapter")).merge_and_unload().state_dict()
+    assert max_difference({k: again[k] for k in merged}, merged) <= 1e-6
 
 
 def test_killed_ddp_training_resumes_to_the_uninterrupted_result(ddp_lora_full, tiny_model, chat_dataset, tmp_path):

@@ -38,6 +38,8 @@ def test_serve_rejects_a_folder_that_is_not_a_model(tmp_path):
     assert_clean_error(run_cli("serve", str(tmp_path)), "no config.json")
     assert_clean_error(run_cli("serve", "smollm2-135m", "--num-cpus", "0"), "serve arguments", "num_cpus")
     assert_clean_error(run_cli("serve", "smollm2-135m", "--host", "0.0.0.0"), "without a key", "--allow-no-key")
+    assert_clean_error(run_cli("serve", "smollm2-135m", "--adapter", "ft"), "NAME=DIR")
+    assert_clean_error(run_cli("serve", "smollm2-135m", "--adapter", f"ft={tmp_path}"), "not a PEFT LoRA adapter")
 
 
 def test_score_table_pairs_base_and_finetuned():

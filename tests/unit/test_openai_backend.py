@@ -383,3 +383,13 @@ def test_cli_generate_refuses_an_insecure_key():
     assert_clean_error(res, "refusing to send the API key from $OPENAI_API_KEY over plain http to "
                        "10.255.255.1")
     assert res.returncode == 2 and SECRET not in res.stdout + res.stderr
+
+
+def test_eval_scores_the_model_it_is_asked_for_if_served(server):
+    """``psi-ray eval ENDPOINT --model ID`` (an adapter served beside its base): the id if the endpoint lists it,
+    its first model when none is asked, one clear line otherwise."""
+    from psi_ray.evaluate.run import served_name
+
+    assert served_name(server.url, None) == served_name(server.url, None, "tiny") == "tiny"
+    with pytest.raises(PsiRayError, match="does not serve 'tuned'; it serves tiny"):
+        served_name(server.url, None, "tuned")

@@ -69,3 +69,51 @@ def test_the_engine_config_on_cpu_and_on_gpu(tiny_model, monkeypatch):
     gpu = llm_config(ServeArgs(model=model, num_gpus=1, max_model_len=256), model, "m")
     assert gpu.engine_kwargs == {"max_model_len": 256, "dtype": "bfloat16"}
     assert not (gpu.runtime_env or {}).get("env_vars") and "ray_actor_options" not in gpu.deployment_config
+
+
+def adapter(tmp_path, name: str, rank, targets=("q_proj", "v_proj")) -> str:
+    """A folder with only the ``adapter_config.json`` PEFT writes (its rank and modules are what the engine
+    config reads)."""
+    path = tmp_path / name
+    path.mkdir()
+    config = {"peft_type": "LORA", "r": rank, "target_modules": list(targets) if targets else "all-linear"}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_adapters_are_static_lora_modules_of_the_one_engine(tiny_model, tmp_path):
+    """Each adapter is a LoRA module vLLM loads at start, under its own id; the rank budget is the smallest
+    vLLM offers that holds the largest adapter; LoRA layers go only on the modules the adapters adapt (so not
+    on lm_head, whose CPU op fails on batched prompt log-probabilities), unless one names them by a pattern;
+    no adapters, no LoRA."""
+    from psi_ray.serve.app import llm_config
+    from psi_ray.serve.args import ServeArgs
+
+    model = str(tiny_model)
+    folders = {"a": adapter(tmp_path, "a", 12), "b": adapter(tmp_path, "b", 4, ["down_proj", "q_proj"])}
+    kwargs = llm_config(ServeArgs(model=model, num_gpus=0, adapters=folders), model, "m").engine_kwargs
+    assert kwargs["enable_lora"] is True and kwargs["max_loras"] == 2 and kwargs["max_lora_rank"] == 16
+    assert [(x.name, x.path, x.base_model_name) for x in kwargs["lora_modules"]] == [
+        ("a", folders["a"], "m"), ("b", folders["b"], "m")]
+    assert kwargs["lora_target_modules"] == ["down_proj", "q_proj", "v_proj"]
+    pattern = {"c": adapter(tmp_path, "c", 8, targets=None)}
+    assert "lora_target_modules" not in llm_config(ServeArgs(model=model, num_gpus=0, adapters=pattern), model,
+                                                   "m").engine_kwargs
+    plain = llm_config(ServeArgs(model=model, num_gpus=0), model, "m").engine_kwargs
+    assert not {"enable_lora", "lora_modules"} & set(plain)
+
+
+@pytest.mark.parametrize("adapters,needle", [
+    ({"x": "/no/such/adapter"}, "not a PEFT LoRA adapter folder"),
+    ({"m": "RANK8"}, "the served model's own name"),
+    ({"x": "RANK0"}, "rank r=0"),
+    ({"x": "RANK1024"}, "vLLM serves ranks up to 512"),
+])
+def test_a_bad_adapter_is_one_clear_error(tiny_model, tmp_path, adapters, needle):
+    from psi_ray.errors import PsiRayError
+    from psi_ray.serve.app import llm_config
+    from psi_ray.serve.args import ServeArgs
+
+    adapters = {k: adapter(tmp_path, k, int(v[4:])) if v.startswith("RANK") else v for k, v in adapters.items()}
+    with pytest.raises(PsiRayError, match=needle):
+        llm_config(ServeArgs(model=str(tiny_model), num_gpus=0, adapters=adapters), str(tiny_model), "m")

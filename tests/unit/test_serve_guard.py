@@ -19,7 +19,7 @@ KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def app_behind_guard(api_key: str | None = KEY) -> TestClient:
+def app_behind_guard(api_key: str | None = KEY, served=("m",)) -> TestClient:
     app = FastAPI()  # docs and /openapi.json on, as in the library's app
     seen: list[bytes] = []
 
@@ -41,7 +41,7 @@ def app_behind_guard(api_key: str | None = KEY) -> TestClient:
     app.post("/v1/completions")(answer)
     app.post("/v1/chat/completions")(answer)
     app.post("/tokenize")(answer)
-    app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None, served="m")  # as build_app passes it
+    app.add_middleware(Guard, api_key=Secret(api_key) if api_key else None, served=served)  # as build_app passes it
     client = TestClient(app)
     client.seen = seen
     return client
@@ -114,6 +114,14 @@ def test_a_request_for_another_model_is_an_openai_shaped_404():
     assert client.seen == []
     assert client.post("/v1/completions", headers=AUTH, json={"model": "m", "prompt": "x"}).status_code == 200
     assert client.post("/v1/completions", headers=AUTH, json={"prompt": "x"}).status_code == 200  # no model: vLLM's
+
+
+def test_a_model_and_its_adapters_are_each_served_and_nothing_else():
+    client = app_behind_guard(served=["m", "lora-a"])
+    for model in ("m", "lora-a"):
+        assert client.post("/v1/completions", headers=AUTH, json={"model": model, "prompt": "x"}).status_code == 200
+    res = client.post("/v1/completions", headers=AUTH, json={"model": "m:lora-a", "prompt": "x"})
+    assert res.status_code == 404 and "'m', 'lora-a'" in res.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("raw,needle", [
