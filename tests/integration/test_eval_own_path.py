@@ -1,7 +1,8 @@
 """Stages 8 and 9 through the product's own path, on a dataset stage written here (so no weak generator can
 leave it empty): the run's train stage (``closing.train_stage``, Ray Train) fine-tunes LoRA adapters of the tiny
 model, merged into the run's ``model/`` and kept in ``model/adapter``; the eval stage (``closing.eval_stage`` →
-``evaluate_with_adapter``) serves base and adapter from one vLLM engine with Ray Serve, scores them with lm-eval on GSM8K test (generation, chat endpoint) and MMLU test (log-likelihood,
+``evaluate_with_adapter``, asked for with ``eval.serve_adapter``: on CPU the stage's default is the merged model in
+an engine of its own, which ``make run`` takes) serves base and adapter from one vLLM engine with Ray Serve, scores them with lm-eval on GSM8K test (generation, chat endpoint) and MMLU test (log-likelihood,
 completions with echo + logprobs), writes ``09_eval/_scores.json``, and the report reads that file. Each score
 is counted back from the per-question samples the stage wrote; both stage folders open with pandas."""
 
@@ -41,7 +42,7 @@ def eval_run(ray_session, tiny_model, chat_dataset, tmp_path_factory):
                     train={"enabled": True, "model": str(tiny_model), "num_workers": 1, "batch_size": 2,
                            "max_steps": STEPS, "max_seq_len": 64, "lora": True, "lora_rank": 4, "lr": 1e-2},
                     eval={"enabled": True, "tasks": ["gsm8k", "mmlu"], "limit": LIMIT, "max_gen_tokens": 16,
-                          "concurrency": 4}, carbon={"enabled": False})
+                          "concurrency": 4, "serve_adapter": True}, carbon={"enabled": False})
     r = Run(cfg)
     atomic_write_text(r.dir / "config.json", cfg.model_dump_json())
     data = StageDir.named(r.dir, "dataset")

@@ -117,3 +117,14 @@ def test_a_bad_adapter_is_one_clear_error(tiny_model, tmp_path, adapters, needle
     adapters = {k: adapter(tmp_path, k, int(v[4:])) if v.startswith("RANK") else v for k, v in adapters.items()}
     with pytest.raises(PsiRayError, match=needle):
         llm_config(ServeArgs(model=str(tiny_model), num_gpus=0, adapters=adapters), str(tiny_model), "m")
+
+
+def test_a_lora_run_is_scored_from_one_engine_where_cuda_is_unless_told(monkeypatch):
+    """On CPU the merged model in its own engine was faster than the adapter beside the base (the LoRA ops cost
+    more than the second start); on a GPU one engine is the default; the job's setting wins either way."""
+    import psi_ray.runtime
+    from psi_ray.pipeline.closing import serve_adapter
+
+    for cuda in (False, True):
+        monkeypatch.setattr(psi_ray.runtime, "cuda_available", lambda cuda=cuda: cuda)
+        assert serve_adapter(None) is cuda and serve_adapter(True) is True and serve_adapter(False) is False
