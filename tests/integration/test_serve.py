@@ -2,7 +2,8 @@
 a key on every route, bad and poison requests refused alone with OpenAI-shaped 4xx while the server keeps
 serving, streaming through the ``openai`` client, token-id prompts with echo and logprobs, MMLU log-likelihoods
 that pick lm-eval hf's answers, psi-ray's ``openai`` backend generating through it, and a second model beside
-the first on the same Serve, with a LoRA adapter served from its engine. One app serves every test: each vLLM start costs about a minute here.
+the first on the same Serve, with a LoRA adapter served from its engine. One app serves every test: each vLLM
+start costs about a minute here.
 
 On a 2-CPU node the ingress and the LLM replica ask for no CPU and the engine's bundle for one (see
 ``psi_ray/serve/app.py``), so two models fit; before, one model's placement group took both CPUs.
@@ -211,25 +212,12 @@ def test_openai_backend_generates_through_the_app(vllm_app):
 def lora_adapter(tmp_path_factory):
     """A PEFT LoRA adapter of the built-in model (rank 8, B not zero, so it changes the model), and the
     log-probabilities the merged model gives the tokens of ``PROBE`` in transformers, float32."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from psi_ray.models import resolve_model
+    from tests.conftest import random_lora, token_logprobs
 
     model_dir, folder = resolve_model("smollm2-135m"), tmp_path_factory.mktemp("lora") / "adapter"
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
-    for name, weight in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(weight, std=0.02)
-    model.save_pretrained(folder)
-    ids = AutoTokenizer.from_pretrained(model_dir)(PROBE, return_tensors="pt").input_ids
-    with torch.no_grad():
-        logits = model.merge_and_unload()(ids).logits[0]
-    merged = torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None])[:, 0].tolist()
-    return str(folder), merged
+    merged = random_lora(model_dir, folder, rank=8, targets=["q_proj", "v_proj", "down_proj"])
+    return str(folder), token_logprobs(merged, model_dir, PROBE)
 
 
 PROBE = "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer: 7"

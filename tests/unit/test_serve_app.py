@@ -71,60 +71,95 @@ def test_the_engine_config_on_cpu_and_on_gpu(tiny_model, monkeypatch):
     assert not (gpu.runtime_env or {}).get("env_vars") and "ray_actor_options" not in gpu.deployment_config
 
 
-def adapter(tmp_path, name: str, rank, targets=("q_proj", "v_proj")) -> str:
+def adapter(tmp_path, name: str, rank, targets=("q_proj", "v_proj"), **config) -> str:
     """A folder with only the ``adapter_config.json`` PEFT writes (its rank and modules are what the engine
-    config reads)."""
+    config reads when there are no safetensors weights)."""
     path = tmp_path / name
     path.mkdir()
-    config = {"peft_type": "LORA", "r": rank, "target_modules": list(targets) if targets else "all-linear"}
+    config = {"peft_type": "LORA", "r": rank, "target_modules": list(targets) if targets else "all-linear", **config}
     (path / "adapter_config.json").write_text(json.dumps(config))
     return str(path)
 
 
-def test_adapters_are_static_lora_modules_of_the_one_engine(tiny_model, tmp_path):
-    """Each adapter is a LoRA module vLLM loads at start, under its own id; the rank budget is the smallest
-    vLLM offers that holds the largest adapter; LoRA layers go only on the modules the adapters adapt (so not
-    on lm_head, whose CPU op fails on batched prompt log-probabilities), unless one names them by a pattern;
-    no adapters, no LoRA."""
+def lora_engine(model: str, adapters: dict, **args) -> dict:
     from psi_ray.serve.app import llm_config
     from psi_ray.serve.args import ServeArgs
 
+    return llm_config(ServeArgs(model=model, adapters=adapters, **{"num_gpus": 0, **args}), model, "m").engine_kwargs
+
+
+def test_adapters_are_static_lora_modules_of_the_one_engine(tiny_model, tmp_path):
+    """Each adapter is a LoRA module vLLM loads at start, under its own id; the rank budget is the smallest
+    vLLM offers that holds the largest adapter (rank_pattern included); LoRA layers go only on the modules the
+    adapters adapt (so not on lm_head, whose CPU op fails on batched prompt log-probabilities), unless one
+    names them by a pattern; no adapters, no LoRA."""
     model = str(tiny_model)
-    folders = {"a": adapter(tmp_path, "a", 12), "b": adapter(tmp_path, "b", 4, ["down_proj", "q_proj"])}
-    kwargs = llm_config(ServeArgs(model=model, num_gpus=0, adapters=folders), model, "m").engine_kwargs
+    folders = {"a": adapter(tmp_path, "a", 4, rank_pattern={"q_proj": 12}),
+               "b": adapter(tmp_path, "b", 4, ["model.layers.0.mlp.down_proj", "q_proj"])}
+    kwargs = lora_engine(model, folders)
     assert kwargs["enable_lora"] is True and kwargs["max_loras"] == 2 and kwargs["max_lora_rank"] == 16
     assert [(x.name, x.path, x.base_model_name) for x in kwargs["lora_modules"]] == [
         ("a", folders["a"], "m"), ("b", folders["b"], "m")]
     assert kwargs["lora_target_modules"] == ["down_proj", "q_proj", "v_proj"]
-    pattern = {"c": adapter(tmp_path, "c", 8, targets=None)}
-    assert "lora_target_modules" not in llm_config(ServeArgs(model=model, num_gpus=0, adapters=pattern), model,
-                                                   "m").engine_kwargs
-    plain = llm_config(ServeArgs(model=model, num_gpus=0), model, "m").engine_kwargs
-    assert not {"enable_lora", "lora_modules"} & set(plain)
+    assert "lora_target_modules" not in lora_engine(model, {"c": adapter(tmp_path, "c", 8, targets=None)})
+    assert not {"enable_lora", "lora_modules"} & set(lora_engine(model, {}))
 
 
-@pytest.mark.parametrize("adapters,needle", [
-    ({"x": "/no/such/adapter"}, "not a PEFT LoRA adapter folder"),
-    ({"m": "RANK8"}, "the served model's own name"),
-    ({"x": "RANK0"}, "rank r=0"),
-    ({"x": "RANK1024"}, "vLLM serves ranks up to 512"),
-])
-def test_a_bad_adapter_is_one_clear_error(tiny_model, tmp_path, adapters, needle):
+def test_the_adapted_modules_are_read_from_the_weights(tiny_model, tmp_path):
+    """The tensor names decide (vLLM goes by them), whatever target_modules says; lm_head weights are refused on
+    CPU and served on GPU."""
+    import torch
+    from safetensors.torch import save_file
+
     from psi_ray.errors import PsiRayError
-    from psi_ray.serve.app import llm_config
+
+    def with_weights(name: str, modules: list[str]) -> str:
+        folder = adapter(tmp_path, name, 8, ["q_proj"])
+        save_file({f"base_model.model.model.layers.0.{m}.lora_{ab}.weight": torch.zeros(2, 2)
+                   for m in modules for ab in "AB"}, f"{folder}/adapter_model.safetensors")
+        return folder
+
+    model = str(tiny_model)
+    kwargs = lora_engine(model, {"w": with_weights("w", ["self_attn.k_proj", "mlp.up_proj"])})
+    assert kwargs["lora_target_modules"] == ["k_proj", "up_proj"]
+    head = {"h": with_weights("h", ["lm_head"])}
+    with pytest.raises(PsiRayError, match="adapts lm_head"):
+        lora_engine(model, head)
+    assert lora_engine(model, head, num_gpus=1)["lora_target_modules"] == ["lm_head"]
+
+
+@pytest.mark.parametrize("adapters,args,needle", [
+    ({"x": "/no/such/adapter"}, {}, "not a PEFT LoRA adapter folder"),
+    ({"m": "RANK8"}, {}, "the served model's own name"),
+    ({"x": "RANK0"}, {}, "rank r=0"),
+    ({"x": "RANK1024"}, {}, "vLLM serves ranks up to 512"),
+    ({"x": "DORA"}, {}, "not DoRA"),
+    ({"x": "RANK8"}, {"num_gpus": 1, "dtype": "float32"}, "take float16 or bfloat16"),
+])
+def test_a_bad_adapter_is_one_clear_error(tiny_model, tmp_path, adapters, args, needle):
+    from psi_ray.errors import PsiRayError
+
+    def made(name, spec):
+        if spec == "DORA":
+            return adapter(tmp_path, name, 8, use_dora=True)
+        return adapter(tmp_path, name, int(spec[4:])) if spec.startswith("RANK") else spec
+
+    with pytest.raises(PsiRayError, match=needle):
+        lora_engine(str(tiny_model), {k: made(k, v) for k, v in adapters.items()}, **args)
+
+
+def test_adapter_arguments_as_the_cli_and_serve_run_give_them(tmp_path, monkeypatch):
+    """``--adapter NAME=DIR`` values, ``serve run``'s one comma-separated string and a mapping all give
+    {id: absolute folder}, ``~`` expanded; a bad value is one line naming it."""
+    from psi_ray.errors import PsiRayError
     from psi_ray.serve.args import ServeArgs
 
-    adapters = {k: adapter(tmp_path, k, int(v[4:])) if v.startswith("RANK") else v for k, v in adapters.items()}
-    with pytest.raises(PsiRayError, match=needle):
-        llm_config(ServeArgs(model=str(tiny_model), num_gpus=0, adapters=adapters), str(tiny_model), "m")
-
-
-def test_a_lora_run_is_scored_from_one_engine_where_cuda_is_unless_told(monkeypatch):
-    """On CPU the merged model in its own engine was faster than the adapter beside the base (the LoRA ops cost
-    more than the second start); on a GPU one engine is the default; the job's setting wins either way."""
-    import psi_ray.runtime
-    from psi_ray.pipeline.closing import serve_adapter
-
-    for cuda in (False, True):
-        monkeypatch.setattr(psi_ray.runtime, "cuda_available", lambda cuda=cuda: cuda)
-        assert serve_adapter(None) is cuda and serve_adapter(True) is True and serve_adapter(False) is False
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    want = {"a": str(tmp_path / "x"), "b": str(tmp_path / "y")}
+    for given in (["a=x", "b=~/y"], "a=x,b=~/y", {"a": "x", "b": "~/y"}):
+        assert ServeArgs.parse({"model": "m", "adapters": given}).adapters == want
+    for given, needle in ((["a"], "NAME=DIR"), (["a=x", "a=y"], "given twice"), (["m:a=x"], "has a ':'"),
+                          (["a=s3://bucket/lora"], "not a local folder")):
+        with pytest.raises(PsiRayError, match=needle):
+            ServeArgs.parse({"model": "m", "adapters": given})

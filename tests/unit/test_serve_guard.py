@@ -122,6 +122,9 @@ def test_a_model_and_its_adapters_are_each_served_and_nothing_else():
         assert client.post("/v1/completions", headers=AUTH, json={"model": model, "prompt": "x"}).status_code == 200
     res = client.post("/v1/completions", headers=AUTH, json={"model": "m:lora-a", "prompt": "x"})
     assert res.status_code == 404 and "'m', 'lora-a'" in res.json()["error"]["message"]
+    res = client.post("/v1/completions", headers=AUTH, json={"prompt": "x"})  # which one? the request must say
+    assert res.status_code == 400 and res.json()["error"]["param"] == "model" and "'lora-a'" in res.text
+    assert [json.loads(b)["model"] for b in client.seen] == ["m", "lora-a"]
 
 
 @pytest.mark.parametrize("raw,needle", [

@@ -111,3 +111,40 @@ def test_filter_reasons(seed_rows):
 def test_d_initial_puts_seeds_first(seed_rows):
     pool = expand.d_initial(seed_rows[:2], [{"example_id": "x", "valid": False}])
     assert [r["example_id"] for r in pool] == ["seed-00000", "seed-00001", "x"]
+
+
+@pytest.mark.parametrize("serve_adapter,has_adapter,one_engine", [
+    (True, True, True), (False, True, False), (True, False, False)])
+def test_the_eval_stage_scores_a_lora_run_from_one_engine_only_when_asked(tmp_path, monkeypatch, serve_adapter,
+                                                                         has_adapter, one_engine):
+    """``eval.serve_adapter`` with an adapter kept in ``model/adapter``: base and adapter from one engine
+    (``evaluate_with_adapter``); otherwise, or for a fully trained model, each model scored by ``evaluate``."""
+    from types import SimpleNamespace
+
+    import psi_ray.evaluate
+    from psi_ray.pipeline import closing
+    from psi_ray.rundir import STAGE_SCORES
+
+    calls = []
+    report = {"tasks": {"gsm8k": {"exact_match,strict-match": 0.5}}}
+
+    def one(target, tasks, out, **kw):
+        calls.append(("evaluate", target))
+        return {**report, "model": target}
+
+    def shared(base, adapter, tasks, outs, records, **kw):
+        calls.append(("evaluate_with_adapter", base, adapter, sorted(outs)))
+        return {label: {**report, "model": records[label]} for label in outs}
+
+    monkeypatch.setattr(psi_ray.evaluate, "evaluate", one)
+    monkeypatch.setattr(psi_ray.evaluate, "evaluate_with_adapter", shared)
+    if has_adapter:
+        (tmp_path / "model" / "adapter").mkdir(parents=True)
+    cfg = JobConfig(train={"model": "smollm2-135m"}, eval={"compare_base": False, "serve_adapter": serve_adapter})
+    result = closing.eval_stage(SimpleNamespace(cfg=cfg, dir=tmp_path), SimpleNamespace(path=tmp_path),
+                                trained=object())
+    model = str(tmp_path / "model")
+    assert calls == ([("evaluate_with_adapter", "smollm2-135m", str(tmp_path / "model" / "adapter"), ["finetuned"])]
+                     if one_engine else [("evaluate", model)])
+    assert json.loads((tmp_path / STAGE_SCORES).read_text())["models"] == {"finetuned": model}
+    assert result.rows[0]["model"] == "finetuned"
