@@ -115,8 +115,8 @@ def evaluate(target: str, tasks: list[str], out_dir: str | Path, limit: int | No
         raise PsiRayError(f"task(s) {', '.join(needs_tokens)} score log-likelihoods of token ids: pass --tokenizer "
                           "MODEL_DIR (the served model's tokenizer)")
     with endpoint(target, api_key_env=api_key_env) as (base_url, served_tokenizer):
-        return score(base_url, served_name(base_url, api_key, model), tasks, out_dir, target, tokenizer or served_tokenizer,
-                     limit, max_gen_tokens, concurrency, api_key)
+        return score(base_url, served_name(base_url, api_key, model), tasks, out_dir, target,
+                     tokenizer or served_tokenizer, limit, max_gen_tokens, concurrency, api_key)
 
 
 def evaluate_with_adapter(base: str, adapter: str, tasks: list[str], out_dirs: dict[str, Path],

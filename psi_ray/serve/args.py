@@ -134,7 +134,12 @@ class ServeArgs(BaseModel):
                 raise PsiRayError(f"adapter '{name}': adapter_config.json has rank r={config['r']!r}")
             if config.get("use_dora") or config.get("bias", "none") != "none":
                 raise PsiRayError(f"adapter '{name}': vLLM serves plain LoRA adapters, not DoRA or LoRA with biases")
-            configs[name] = {"rank": max(ranks), "modules": adapted_modules(Path(folder), config)}
+            try:
+                modules = adapted_modules(Path(folder), config)
+            except Exception as exc:  # safetensors raises its own error type for a file that is not one
+                raise PsiRayError(f"adapter '{name}': cannot read {folder}/adapter_model.safetensors "
+                                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            configs[name] = {"rank": max(ranks), "modules": modules}
         return configs
 
 

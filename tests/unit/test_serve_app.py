@@ -134,6 +134,7 @@ def test_the_adapted_modules_are_read_from_the_weights(tiny_model, tmp_path):
     ({"x": "RANK0"}, {}, "rank r=0"),
     ({"x": "RANK1024"}, {}, "vLLM serves ranks up to 512"),
     ({"x": "DORA"}, {}, "not DoRA"),
+    ({"x": "BROKEN"}, {}, "cannot read .*adapter_model.safetensors"),
     ({"x": "RANK8"}, {"num_gpus": 1, "dtype": "float32"}, "take float16 or bfloat16"),
 ])
 def test_a_bad_adapter_is_one_clear_error(tiny_model, tmp_path, adapters, args, needle):
@@ -142,6 +143,10 @@ def test_a_bad_adapter_is_one_clear_error(tiny_model, tmp_path, adapters, args, 
     def made(name, spec):
         if spec == "DORA":
             return adapter(tmp_path, name, 8, use_dora=True)
+        if spec == "BROKEN":
+            folder = adapter(tmp_path, name, 8)
+            (tmp_path / name / "adapter_model.safetensors").write_bytes(b"not safetensors")
+            return folder
         return adapter(tmp_path, name, int(spec[4:])) if spec.startswith("RANK") else spec
 
     with pytest.raises(PsiRayError, match=needle):
