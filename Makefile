@@ -61,6 +61,7 @@ bench: install engine-libs
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/serve_load.py --stream
 	$(BIN)/python bench/serve_eval.py
+	$(BIN)/python bench/serve_starts.py
 	$(BIN)/python bench/loglik_agree.py
 
 lint: install

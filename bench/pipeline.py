@@ -5,7 +5,12 @@ same sampling settings. The raw path calls ``vllm.LLM.generate`` on all prompts 
 pipeline path sends them through Ray Data ``map_batches`` into an engine actor of an ``EnginePool`` exactly as
 ``psi-ray run`` does. Output tokens/s exclude engine start-up on both sides (the pool is started first). Each side runs in its
 own fresh process, both engines with the CPU libraries engine actors preload.
-Run: ``python bench/pipeline.py [--instances 128] [--job jobs/gsm8k_cpu.yaml]``.
+
+A third side, ``raw, Ray up``, is the raw path again with an idle local Ray instance beside it (``ray start
+--head``, this process connected as its driver): on a 2-core machine Ray's own processes (GCS, raylet,
+dashboard, log monitor) take CPU from any engine, so this side says how much of the pipeline's gap to the raw
+engine is Ray being up at all, and how much is the pipeline's own work (planning, Ray Data, parsing).
+Run: ``python bench/pipeline.py [--instances 128] [--job jobs/gsm8k_cpu.yaml] [--no-ray-side]``.
 """
 
 from __future__ import annotations
@@ -89,7 +94,35 @@ def one_side(args) -> dict:
     cfg = load_config(args.job)
     if args.batch_size:
         cfg.generator.batch_size = args.batch_size
-    return raw_engine(cfg, plan(cfg, args.instances)) if args.side == "raw" else ray_pipeline(cfg, args.instances)
+    if args.side == "pipeline":
+        return ray_pipeline(cfg, args.instances)
+    if args.side == "raw-ray":  # connect to the idle instance main() started, as its driver
+        import ray
+
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+    out = raw_engine(cfg, plan(cfg, args.instances))
+    return {**out, "path": "raw vLLM, Ray up"} if args.side == "raw-ray" else out
+
+
+def run_side(side: str, env: dict) -> dict:
+    """One side in a fresh process; its figures."""
+    out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True,
+                         text=True, check=True, env=env).stdout
+    return json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
+
+
+def raw_beside_ray(env: dict, ray_env: dict) -> dict:
+    """The raw side with an idle local Ray instance up (started without the preloaded libraries, as a run's
+    Ray is), stopped afterwards."""
+    import shutil
+
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    subprocess.run([ray_bin, "start", "--head", "--port", "0", "--disable-usage-stats"], env=ray_env,
+                   capture_output=True, text=True, check=True)
+    try:  # "auto": the instance this machine started last, this one
+        return run_side("raw-ray", {**env, "RAY_ADDRESS": "auto"})
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=ray_env, capture_output=True)
 
 
 def main() -> None:
@@ -97,7 +130,8 @@ def main() -> None:
     ap.add_argument("--job", default="jobs/gsm8k_cpu.yaml")
     ap.add_argument("--instances", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=None, help="prompts per engine call (default: the job's)")
-    ap.add_argument("--side", choices=["raw", "pipeline"], help=argparse.SUPPRESS)  # one side, in a child
+    ap.add_argument("--no-ray-side", action="store_true", help="skip the raw side with an idle Ray instance up")
+    ap.add_argument("--side", choices=["raw", "raw-ray", "pipeline"], help=argparse.SUPPRESS)  # one, in a child
     args = ap.parse_args()
     if args.side:
         print("RESULT " + json.dumps(one_side(args)), flush=True)
@@ -110,11 +144,9 @@ def main() -> None:
 
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     preload = {"LD_PRELOAD": engine_actor_env()["LD_PRELOAD"]} if "LD_PRELOAD" in engine_actor_env() else {}
-    results = []
-    for side, env in (("raw", {**base, **preload}), ("pipeline", base)):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True,
-                             text=True, check=True, env=env).stdout
-        results.append(json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:]))
+    results = [run_side("raw", {**base, **preload}), run_side("pipeline", base)]
+    if not args.no_ray_side:
+        results.append(raw_beside_ray({**base, **preload}, base))
     from psi_ray.config import load_config
 
     cfg = load_config(args.job)
@@ -124,7 +156,13 @@ def main() -> None:
         print(f"{r['path']:<18} {r['output_tokens']:>7} tokens {r['seconds']:>7}s {r['tokens_per_s']:>7} tok/s")
     ratio = results[1]["tokens_per_s"] / results[0]["tokens_per_s"]
     print(f"pipeline / raw engine: {ratio:.2f}x (target >= 1.0)")
-    print(json.dumps({"pipeline": results, "ratio": round(ratio, 2)}))
+    ratios = {"ratio": round(ratio, 2)}
+    if len(results) > 2:
+        ray_up = results[2]["tokens_per_s"] / results[0]["tokens_per_s"]
+        ratios.update(raw_ray_up_ratio=round(ray_up, 2), pipeline_vs_raw_ray_up=round(ratio / ray_up, 2))
+        print(f"raw engine with Ray up / raw engine: {ray_up:.2f}x (Ray's own processes); "
+              f"pipeline / raw engine with Ray up: {ratio / ray_up:.2f}x (the pipeline's own work)")
+    print(json.dumps({"pipeline": results, **ratios}))
 
 
 if __name__ == "__main__":
