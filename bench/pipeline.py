@@ -3,13 +3,16 @@
 Both paths get the same instance prompts (the job's plan: principles, examples, samples per prompt) and the
 same sampling settings. The raw path calls ``vllm.LLM.generate`` on all prompts at once in this process; the
 pipeline path sends them through Ray Data ``map_batches`` into an engine actor of an ``EnginePool`` exactly as
-``psi-ray run`` does. Output tokens/s exclude engine start-up on both sides (the pool is started first). Each side runs in its
-own fresh process, both engines with the CPU libraries engine actors preload.
+``psi-ray run`` does. Output tokens/s exclude engine start-up on every side (the pool is started first). Each side runs in its
+own fresh process, every engine with the CPU libraries engine actors preload.
 
-A third side, ``raw, Ray up``, is the raw path again with an idle local Ray instance beside it (``ray start
---head``, this process connected as its driver): on a 2-core machine Ray's own processes (GCS, raylet,
-dashboard, log monitor) take CPU from any engine, so this side says how much of the pipeline's gap to the raw
-engine is Ray being up at all, and how much is the pipeline's own work (planning, Ray Data, parsing).
+A third side, ``raw vLLM, Ray up``, is the raw path again in a process that is the driver of an idle local Ray
+instance (``ray start --head``). In the pipeline the engine also lives in a Ray process beside Ray's own (GCS,
+raylet, dashboard, log monitor), so this side says how much of the pipeline's gap to the raw engine comes
+before the pipeline does anything, and how much is its own work (planning, Ray Data, parsing). It is not quite
+the pipeline's setting: there the engine is an actor, here a driver. The side is skipped, with a line saying
+so, when Ray already runs on this machine (it ends with ``ray stop --force``, which stops every Ray instance).
+The sides run in a fixed order: raw, pipeline, Ray up.
 Run: ``python bench/pipeline.py [--instances 128] [--job jobs/gsm8k_cpu.yaml] [--no-ray-side]``.
 """
 
@@ -111,15 +114,26 @@ def run_side(side: str, env: dict) -> dict:
     return json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
 
 
-def raw_beside_ray(env: dict, ray_env: dict) -> dict:
+def ray_running() -> bool:
+    """Whether a Ray instance runs on this machine: a raylet or GCS process, what ``ray stop`` would stop."""
+    import psutil
+
+    return any(p.info["name"] in ("raylet", "gcs_server") for p in psutil.process_iter(["name"]))
+
+
+def raw_beside_ray(env: dict, ray_env: dict) -> dict | None:
     """The raw side with an idle local Ray instance up (started without the preloaded libraries, as a run's
-    Ray is), stopped afterwards."""
+    Ray is), stopped afterwards; None, with a line, when Ray already runs here (stopping it would stop that)."""
     import shutil
 
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    subprocess.run([ray_bin, "start", "--head", "--port", "0", "--disable-usage-stats"], env=ray_env,
-                   capture_output=True, text=True, check=True)
+    ray_env = {k: v for k, v in ray_env.items() if k != "RAY_ADDRESS"}
+    if ray_running():
+        print("note: Ray already runs on this machine, so the 'raw vLLM, Ray up' side is skipped")
+        return None
     try:  # "auto": the instance this machine started last, this one
+        subprocess.run([ray_bin, "start", "--head", "--port", "0", "--disable-usage-stats"], env=ray_env,
+                       capture_output=True, text=True, check=True)
         return run_side("raw-ray", {**env, "RAY_ADDRESS": "auto"})
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=ray_env, capture_output=True)
@@ -145,8 +159,8 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     preload = {"LD_PRELOAD": engine_actor_env()["LD_PRELOAD"]} if "LD_PRELOAD" in engine_actor_env() else {}
     results = [run_side("raw", {**base, **preload}), run_side("pipeline", base)]
-    if not args.no_ray_side:
-        results.append(raw_beside_ray({**base, **preload}, base))
+    if not args.no_ray_side and (beside := raw_beside_ray({**base, **preload}, base)):
+        results.append(beside)
     from psi_ray.config import load_config
 
     cfg = load_config(args.job)
@@ -160,8 +174,8 @@ def main() -> None:
     if len(results) > 2:
         ray_up = results[2]["tokens_per_s"] / results[0]["tokens_per_s"]
         ratios.update(raw_ray_up_ratio=round(ray_up, 2), pipeline_vs_raw_ray_up=round(ratio / ray_up, 2))
-        print(f"raw engine with Ray up / raw engine: {ray_up:.2f}x (Ray's own processes); "
-              f"pipeline / raw engine with Ray up: {ratio / ray_up:.2f}x (the pipeline's own work)")
+        print(f"raw engine as a Ray driver, Ray up / raw engine: {ray_up:.2f}x (before the pipeline does anything); "
+              f"pipeline / that: {ratio / ray_up:.2f}x (the pipeline's own work)")
     print(json.dumps({"pipeline": results, **ratios}))
 
 

