@@ -109,9 +109,9 @@ def one_side(args) -> dict:
 
 def run_side(side: str, env: dict) -> dict:
     """One side in a fresh process; its figures."""
-    out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True,
-                         text=True, check=True, env=env).stdout
-    return json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
+    from children import child_result  # bench/children.py
+
+    return child_result(__file__, [*sys.argv[1:], "--side", side], env)
 
 
 def ray_running() -> bool:

